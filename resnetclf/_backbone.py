@@ -1,0 +1,219 @@
+"""Build a torchvision ResNet by name, load its weights, fit its stem and head."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from resnetclf._checkpoint import load_state_dict_file
+
+__all__ = [
+    "RESNET_ARCHS",
+    "WeightsUnavailableError",
+    "build_resnet",
+    "check_arch",
+    "resolve_weights",
+    "to_torchvision_layout",
+]
+
+# The torchvision builders that share ResNet's layout (conv1, bn1, layer1..4, fc).
+RESNET_ARCHS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could neither be found in the cache nor downloaded."""
+
+
+def check_arch(arch) -> str:
+    """Return ``arch`` if torchvision builds it as a ResNet, else raise ValueError."""
+    if arch not in RESNET_ARCHS:
+        raise ValueError(
+            f"arch must be one of {', '.join(RESNET_ARCHS)}; got {arch!r}"
+        )
+    return arch
+
+
+def resolve_weights(arch: str, weights) -> WeightsEnum | Path | None:
+    """Turn the ``weights`` parameter into a torchvision enum, a file path or None.
+
+    Nothing is downloaded or read here, so that bad values fail fast.
+    """
+    if weights is None:
+        return None
+    weights_enum = torchvision.models.get_model_weights(arch)
+    if isinstance(weights, WeightsEnum):
+        if not isinstance(weights, weights_enum):
+            raise ValueError(
+                f"weights={weights} belongs to another architecture than "
+                f"arch={arch!r}; use one of {_weight_names(weights_enum)}"
+            )
+        return weights
+    if not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(
+            "weights must be None, a torchvision weights name such as 'DEFAULT', "
+            f"or a path to a state dict; got {type(weights).__name__}"
+        )
+    if isinstance(weights, str) and weights in weights_enum.__members__:
+        return weights_enum[weights]
+    path = Path(weights)
+    if path.is_file():
+        return path
+    if isinstance(weights, str) and not _looks_like_path(weights):
+        raise ValueError(
+            f"weights={weights!r} is not a weights name for arch={arch!r} "
+            f"(expected one of {_weight_names(weights_enum)}, None, "
+            "or a path to a state dict file)"
+        )
+    raise FileNotFoundError(f"weights file not found: '{path}'")
+
+
+def build_resnet(
+    arch: str,
+    weights: WeightsEnum | Path | None,
+    n_classes: int,
+    in_channels: int,
+) -> nn.Module:
+    """Build ``arch`` with ``weights``, a new ``n_classes`` head and a stem for
+    ``in_channels`` (1 or 3) input channels.
+
+    A grayscale stem is the pretrained RGB ``conv1`` summed over its input
+    channels: feeding it one channel gives exactly what the RGB stem gives for
+    that channel repeated three times, at a third of the stem's cost.
+    """
+    model = getattr(torchvision.models, arch)(weights=None)
+    if weights is not None:
+        state_dict = _read_weights(weights)
+        model.load_state_dict(_adapt_state_dict(state_dict, model, arch))
+    if model.fc.out_features != n_classes:
+        model.fc = nn.Linear(model.fc.in_features, n_classes)
+    if in_channels == 1:
+        model.conv1 = _fold_to_one_channel(model.conv1)
+    return model
+
+
+def to_torchvision_layout(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as torchvision's RGB model expects it.
+
+    A folded grayscale stem is spread back over three channels (each a third of
+    the sum), which gives the same outputs on channel-repeated input, so the file
+    loads straight into ``torchvision.models.<arch>(num_classes=...)``.
+    """
+    state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    conv1 = state_dict["conv1.weight"]
+    if conv1.shape[1] == 1:
+        state_dict["conv1.weight"] = conv1.repeat(1, 3, 1, 1) / 3
+    return state_dict
+
+
+def _read_weights(weights: WeightsEnum | Path) -> dict[str, torch.Tensor]:
+    if isinstance(weights, Path):
+        return load_state_dict_file(weights)
+    file_name = os.path.basename(weights.url)
+    cache_file = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    try:
+        # torchvision's own cache (TORCH_HOME): a file already there is not fetched.
+        return torch.hub.load_state_dict_from_url(
+            weights.url,
+            map_location="cpu",
+            progress=False,
+            check_hash=True,
+            weights_only=True,
+        )
+    except (OSError, RuntimeError) as exc:
+        raise WeightsUnavailableError(
+            f"could not download the pretrained weights {weights} from "
+            f"{weights.url} ({type(exc).__name__}: {exc}). To go on without a "
+            "network: pass weights=None to train from random initialisation; or "
+            "pass weights='/path/to/state_dict.pth', a file in torchvision's "
+            "layout; or fill torchvision's cache by copying that file to "
+            f"'{cache_file}' (the folder follows TORCH_HOME)."
+        ) from exc
+
+
+def _adapt_state_dict(
+    state_dict: dict[str, torch.Tensor], model: nn.Module, arch: str
+) -> dict[str, torch.Tensor]:
+    """Check a state dict against ``model`` and fit its stem and head.
+
+    A one-channel ``conv1`` is spread over three channels (see
+    ``to_torchvision_layout``); ``model.fc`` takes the file's number of outputs.
+    """
+    state_dict = dict(state_dict)
+    expected = model.state_dict()
+    conv1 = state_dict.get("conv1.weight")
+    if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] == 1:
+        state_dict["conv1.weight"] = conv1.repeat(1, 3, 1, 1) / 3
+    head = state_dict.get("fc.weight")
+    if head is not None and head.ndim == 2 and head.shape[0] != model.fc.out_features:
+        # Load the file's head as it is; build_resnet replaces it when its size
+        # differs from the number of classes.
+        model.fc = nn.Linear(model.fc.in_features, head.shape[0])
+        expected = model.state_dict()
+
+    missing = [
+        k
+        for k in expected
+        if k not in state_dict and not k.endswith("num_batches_tracked")
+    ]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [
+        f"{k} (file {tuple(state_dict[k].shape)}, {arch} {tuple(expected[k].shape)})"
+        for k in expected
+        if k in state_dict and state_dict[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", wrong_shape),
+        ):
+            if keys:
+                shown = ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else "")
+                parts.append(f"{len(keys)} {label}: {shown}")
+        raise ValueError(
+            f"the weights do not fit arch={arch!r}: " + "; ".join(parts)
+        )
+    for key, value in expected.items():
+        state_dict.setdefault(key, value)
+    return state_dict
+
+
+def _fold_to_one_channel(conv: nn.Conv2d) -> nn.Conv2d:
+    folded = nn.Conv2d(
+        1,
+        conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        bias=conv.bias is not None,
+    )
+    with torch.no_grad():
+        folded.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+        if conv.bias is not None:
+            folded.bias.copy_(conv.bias)
+    return folded
+
+
+def _weight_names(weights_enum) -> str:
+    return ", ".join(repr(name) for name in weights_enum.__members__)
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.sep in text or "/" in text or Path(text).suffix in (".pth", ".pt")

@@ -1,0 +1,603 @@
+"""The scikit-learn estimator that fine-tunes a torchvision ResNet."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from numbers import Integral, Real
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import (
+    check_array,
+    check_consistent_length,
+    check_is_fitted,
+    column_or_1d,
+    validate_data,
+)
+
+from resnetclf._backbone import (
+    RESNET_ARCHS,
+    build_resnet,
+    resolve_weights,
+)
+from resnetclf._devices import amp_dtype_for, resolve_device
+from resnetclf._images import (
+    ImageBatches,
+    ImageLayout,
+    infer_layout,
+    model_input_channels,
+    resolve_normalization,
+)
+from resnetclf._param_groups import (
+    StageParamGroups,
+    check_layer_lr_decay,
+    freeze_stages,
+    stage_learning_rates,
+)
+from resnetclf._progress import ProgressReporter
+from resnetclf._schedules import SCHEDULES, EpochSchedule
+from resnetclf._split import stratified_holdout
+from resnetclf._training import (
+    BestWeights,
+    EpochLoop,
+    LabelledImages,
+    batch_slices,
+    predict_logits,
+)
+
+__all__ = ["ResNetFineTuneClassifier"]
+
+
+class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
+    """Fine-tune a pretrained torchvision ResNet on numpy image arrays.
+
+    The estimator follows the recipe of the merged-digits report: a pretrained
+    ResNet with a new ``len(classes_)``-way head, grayscale images fed as if
+    repeated to three channels, random-rotation augmentation, normalisation
+    with mean = std = 0.5, cross-entropy, Adam with weight decay, learning rates
+    growing from the stem to the head, and the weights of the epoch with the
+    best validation accuracy kept (and optionally written to a file).
+
+    Parameters
+    ----------
+    arch : str, default="resnet50"
+        torchvision builder of the ResNet family: ``"resnet18"``, ``"resnet34"``,
+        ``"resnet50"``, ``"resnet101"``, ``"resnet152"``, ``"resnext50_32x4d"``,
+        ``"resnext101_32x8d"``, ``"resnext101_64x4d"``, ``"wide_resnet50_2"``
+        or ``"wide_resnet101_2"``.
+    weights : str, path, torchvision WeightsEnum or None, default="DEFAULT"
+        Initial weights: ``"DEFAULT"`` or another torchvision weights name of
+        ``arch`` (``"IMAGENET1K_V1"``, ``"IMAGENET1K_V2"``), fetched through
+        torchvision's cache (``TORCH_HOME``); a path to a state dict in
+        torchvision's layout (a checkpoint written by this estimator loads too,
+        and resumes its head when the class count matches), always read with
+        ``torch.load(weights_only=True)``; or None for random initialisation.
+        Without a network and an empty cache, ``fit`` fails at once with
+        :class:`~resnetclf.WeightsUnavailableError`, which says how to go on.
+    max_iter : int, default=50
+        Epochs per call to ``fit``.
+    batch_size : int, default=64
+        Images per optimizer step and per prediction batch.
+    lr : float, default=1e-3
+        Learning rate of the head (``fc``); the stages below get
+        ``layer_lr_decay``'s share of it.
+    layer_lr_decay : float or dict, default=0.5
+        Layer-wise learning rates. A float ``d`` in [0, 1] gives the stage ``k``
+        steps below the head ``lr * d**k`` (stages, input to head: ``"stem"``
+        (conv1, bn1), ``"layer1"`` .. ``"layer4"``, ``"fc"``). A dict maps stage
+        names to learning rates; stages left out train at ``lr``. A stage at 0 is
+        frozen: no gradient, no update, its batch-norm statistics fixed, and
+        back-propagation stops at the first trainable stage.
+    lr_schedule : {"constant", "cosine", "plateau"}, default="constant"
+        Schedule over epochs, applied to all stages alike so that their ratios
+        hold. ``"cosine"`` anneals towards 0 after ``warmup_epochs``;
+        ``"plateau"`` divides the rates by 10 when the validation accuracy (the
+        training loss without validation data) has not improved by more than
+        ``tol`` for ``max(1, n_iter_no_change // 2)`` epochs.
+    warmup_epochs : int, default=0
+        Epochs of linear warm-up, for any schedule.
+    optimizer : {"adam", "adamw", "sgd"}, default="adam"
+        ``"adam"`` adds ``weight_decay`` to the gradient (as the report's
+        ``torch.optim.Adam``), ``"adamw"`` decays weights decoupled, ``"sgd"`` has
+        momentum 0.9. Norm weights and biases are never decayed.
+    weight_decay : float, default=1e-4
+        Weight decay of convolution and linear weights.
+    rotation_degrees : float, default=10.0
+        Training images are rotated by a random angle in ``[-rotation_degrees,
+        rotation_degrees]``, a batch at a time on the device, corners filled
+        with black. 0 turns augmentation off.
+    normalization : "imagenet" or tuple (mean, std), default=(0.5, 0.5)
+        Statistics applied after scaling pixels to [0, 1]; ``mean`` and ``std``
+        are floats or sequences of 3 floats. ``"imagenet"`` uses ImageNet's.
+    image_shape : tuple of int, default=None
+        Shape ``(height, width)`` or ``(height, width, channels)`` of each row of
+        a 2-D ``X`` (flattened images, row-major). Without it a 2-D row is read
+        as one ``1 x n_features`` grayscale image. Ignored for 3-D and 4-D ``X``.
+    validation_fraction : float, default=0.1
+        Share of the training data held out, stratified, to pick the best epoch
+        when ``fit`` gets no ``X_val``. Classes too small to give a sample stay
+        whole in the training part (with a warning). With 0 and no ``X_val``
+        there is no validation: the last epoch is kept.
+    early_stopping : bool, default=False
+        Stop when the validation accuracy has not improved by more than ``tol``
+        for ``n_iter_no_change`` epochs. Needs validation data.
+    n_iter_no_change : int, default=10
+        Patience of early stopping (and, halved, of the ``"plateau"`` schedule).
+    tol : float, default=0.0
+        Least accuracy gain that counts as an improvement for early stopping
+        and the ``"plateau"`` schedule.
+    checkpoint_path : str or path, default=None
+        Where to write the best weights whenever the validation accuracy
+        improves (the report's ``resnet-step.pth``). Written atomically in
+        torchvision's layout: ``torchvision.models.<arch>(num_classes=n)``
+        loads it as it is.
+    device : str or torch.device, default="auto"
+        ``"auto"`` takes CUDA when available, else the CPU. Prediction runs on
+        the device this names at call time, so a model fitted on a GPU predicts
+        on a CPU-only machine.
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        Autocast precision. ``"auto"`` is bf16 on CUDA devices that support it,
+        fp16 (with gradient scaling) on older ones, fp32 on the CPU.
+    torch_compile : bool, default=False
+        Run the model through ``torch.compile``: slower first epoch, faster
+        later ones on a GPU.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialisation, the validation split, shuffling and
+        augmentation. An int makes CPU training repeatable.
+    verbose : int, default=0
+        0 is silent; 1 reports each epoch (a tqdm bar when tqdm is installed);
+        2 adds a bar over batches.
+    warm_start : bool, default=False
+        Continue from the fitted model (weights, history, best score) instead
+        of starting anew. The optimizer and schedule restart.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels.
+    n_features_in_ : int
+        Values per image (height * width * channels).
+    feature_names_in_ : ndarray of str
+        Column names of a 2-D ``X`` that had them.
+    image_shape_ : tuple of int
+        ``(height, width, channels)`` of the images seen in ``fit``.
+    module_ : torch.nn.Module
+        The fitted network (best epoch restored).
+    history_ : list of dict
+        One record per epoch: ``epoch`` (1-based), ``train_loss``,
+        ``train_accuracy``, ``val_loss``, ``val_accuracy`` (None without
+        validation), ``lr_<stage>`` for each stage, ``seconds``.
+    best_epoch_ : int
+        Epoch whose weights ``module_`` holds (the last one without validation).
+    best_score_ : float or None
+        Validation accuracy of ``best_epoch_``; None without validation.
+    n_iter_ : int
+        Epochs trained, all ``fit`` calls of a warm start included.
+    device_ : torch.device
+        Device of the last ``fit``.
+
+    See Also
+    --------
+    sklearn.neural_network.MLPClassifier : the naming model for the parameters.
+    resnetclf.plot_history : loss and accuracy curves from ``history_``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from resnetclf import ResNetFineTuneClassifier
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.randint(0, 256, size=(24, 16, 16), dtype=np.uint8)
+    >>> y = np.arange(24) % 2
+    >>> clf = ResNetFineTuneClassifier(arch="resnet18", weights=None, max_iter=1,
+    ...                                batch_size=8, random_state=0)
+    >>> clf.fit(X, y).predict(X[:3]).shape
+    (3,)
+    """
+
+    _parameter_constraints: dict = {
+        "arch": [StrOptions(set(RESNET_ARCHS))],
+        "weights": "no_validation",  # checked against arch in resolve_weights
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "layer_lr_decay": [Interval(Real, 0, 1, closed="both"), dict],
+        "lr_schedule": [StrOptions(set(SCHEDULES))],
+        "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
+        "optimizer": [StrOptions({"adam", "adamw", "sgd"})],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "rotation_degrees": [Interval(Real, 0, 180, closed="both")],
+        "normalization": [StrOptions({"imagenet"}), tuple, list],
+        "image_shape": [tuple, list, None],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "early_stopping": ["boolean"],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "checkpoint_path": [str, os.PathLike, None],
+        "device": [str, torch.device],
+        "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
+        "torch_compile": ["boolean"],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        arch: str = "resnet50",
+        weights="DEFAULT",
+        max_iter: int = 50,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        layer_lr_decay: float | dict = 0.5,
+        lr_schedule: str = "constant",
+        warmup_epochs: int = 0,
+        optimizer: str = "adam",
+        weight_decay: float = 1e-4,
+        rotation_degrees: float = 10.0,
+        normalization: str | tuple = (0.5, 0.5),
+        image_shape: tuple | None = None,
+        validation_fraction: float = 0.1,
+        early_stopping: bool = False,
+        n_iter_no_change: int = 10,
+        tol: float = 0.0,
+        checkpoint_path: str | os.PathLike | None = None,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        torch_compile: bool = False,
+        random_state=None,
+        verbose: int = 0,
+        warm_start: bool = False,
+    ) -> None:
+        self.arch = arch
+        self.weights = weights
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.lr = lr
+        self.layer_lr_decay = layer_lr_decay
+        self.lr_schedule = lr_schedule
+        self.warmup_epochs = warmup_epochs
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.rotation_degrees = rotation_degrees
+        self.normalization = normalization
+        self.image_shape = image_shape
+        self.validation_fraction = validation_fraction
+        self.early_stopping = early_stopping
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.checkpoint_path = checkpoint_path
+        self.device = device
+        self.precision = precision
+        self.torch_compile = torch_compile
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y, X_val=None, y_val=None) -> ResNetFineTuneClassifier:
+        """Fine-tune the network on images ``X`` with labels ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, height, width), (n_samples, height,
+                width, channels), (n_samples, channels, height, width) or
+                (n_samples, n_features)
+            Images with 1 or 3 channels. uint8 values are scaled by 1/255;
+            other dtypes are taken as already in [0, 1]. 2-D rows are read
+            with ``image_shape``.
+        y : array-like of shape (n_samples,)
+            Class labels (ints, strings, ...).
+        X_val, y_val : array-like, default=None
+            Validation data in the layout of ``X``. When given, nothing is held
+            out of ``X`` and the best epoch is the one most accurate on them.
+
+        Returns
+        -------
+        self : ResNetFineTuneClassifier
+            The fitted estimator.
+        """
+        self._validate_params()
+        check_layer_lr_decay(self.layer_lr_decay)
+        mean, std = resolve_normalization(self.normalization)
+        device = resolve_device(self.device)
+        amp_dtype = amp_dtype_for(device, self.precision)
+        warm = self.warm_start and hasattr(self, "module_")
+        if (X_val is None) != (y_val is None):
+            raise ValueError("X_val and y_val must be passed together")
+
+        X, y, layout = self._validate_training_data(X, y, reset=not warm)
+        classes, y_encoded = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(
+                f"y has {len(classes)} class ({classes[:1].tolist()}); a "
+                "classifier needs samples of at least 2 classes"
+            )
+        if warm and not np.array_equal(classes, self.classes_):
+            raise ValueError(
+                "warm_start=True needs the classes of the first fit "
+                f"{self.classes_.tolist()}; y has {classes.tolist()}"
+            )
+        stage_lrs = stage_learning_rates(self.lr, self.layer_lr_decay)
+        if not any(stage_lrs.values()):
+            raise ValueError(
+                "layer_lr_decay freezes every stage: at least one learning rate "
+                "must be > 0"
+            )
+        weights = None if warm else resolve_weights(self.arch, self.weights)
+        rng = check_random_state(self.random_state)
+        train, val = self._training_and_validation(
+            X, y_encoded, layout, X_val, y_val, classes, rng, device, mean, std
+        )
+        if self.early_stopping and val is None:
+            raise ValueError(
+                "early_stopping=True needs validation data: pass X_val and y_val "
+                "or a validation_fraction > 0"
+            )
+        if self.checkpoint_path is not None:
+            _check_writable(self.checkpoint_path)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+
+        # All checks passed: from here on, work is done.
+        model = self._initial_module(
+            warm, weights, len(classes), train.images.model_channels, seed, device
+        )
+        self.classes_ = classes
+        self.image_shape_ = layout.image_shape
+        self._model_channels = train.images.model_channels
+        self._normalization_stats = (mean, std)
+
+        loop = self._epoch_loop(
+            model, stage_lrs, device, amp_dtype, rng, seed, val is not None, train
+        )
+        loop.run(train, val, self.max_iter)
+        loop.best.restore(model)
+        self.module_ = model
+        self.device_ = device
+        self.history_ = loop.history
+        self.n_iter_ = len(loop.history)
+        self.best_epoch_ = loop.best.epoch
+        self.best_score_ = (
+            float(loop.best.score) if loop.best.state_dict is not None else None
+        )
+        return self
+
+    def _validate_training_data(self, X, y, reset: bool):
+        ndim = _ndim(X)
+        if ndim > 2:
+            X, y = validate_data(
+                self, X, y, reset=reset, allow_nd=True, dtype="numeric"
+            )
+            if reset:
+                self.n_features_in_ = int(np.prod(X.shape[1:]))
+            layout = infer_layout(X.shape)
+        else:
+            X, y = validate_data(self, X, y, reset=reset, dtype="numeric")
+            layout = infer_layout(
+                X.shape, self.image_shape if reset else self.image_shape_
+            )
+        check_classification_targets(y)
+        if not reset and layout.image_shape != self.image_shape_:
+            raise ValueError(
+                f"X has images of shape {layout.image_shape} (height, width, "
+                f"channels) but the fitted model expects {self.image_shape_}"
+            )
+        return X, y, layout
+
+    def _training_and_validation(
+        self, X, y_encoded, layout, X_val, y_val, classes, rng, device, mean, std
+    ) -> tuple[LabelledImages, LabelledImages | None]:
+        model_channels = model_input_channels(layout.channels, mean, std)
+        images = ImageBatches(X, layout, device, mean, std, model_channels)
+        if X_val is not None:
+            X_val, val_layout = self._validate_images(
+                X_val, name="X_val", expected=layout.image_shape
+            )
+            y_val = column_or_1d(y_val, warn=True)
+            check_consistent_length(X_val, y_val)
+            unseen = np.setdiff1d(y_val, classes)
+            if len(unseen):
+                raise ValueError(
+                    f"y_val has labels not in y: {unseen[:10].tolist()}"
+                )
+            val_images = ImageBatches(
+                X_val, val_layout, device, mean, std, model_channels
+            )
+            val = LabelledImages(
+                val_images, np.arange(len(X_val)), np.searchsorted(classes, y_val)
+            )
+            return LabelledImages(images, np.arange(len(X)), y_encoded), val
+        if self.validation_fraction == 0:
+            return LabelledImages(images, np.arange(len(X)), y_encoded), None
+        train_idx, val_idx, unsplit = stratified_holdout(
+            y_encoded, self.validation_fraction, rng
+        )
+        if len(unsplit):
+            warnings.warn(
+                f"{len(unsplit)} class(es) have too few samples to hold one out "
+                f"for validation and stay whole in the training part: "
+                f"{classes[unsplit][:10].tolist()}",
+                UserWarning,
+                stacklevel=3,
+            )
+        train = LabelledImages(images, train_idx, y_encoded)
+        if len(val_idx) == 0:
+            return train, None
+        return train, LabelledImages(images, val_idx, y_encoded)
+
+    def _initial_module(self, warm, weights, n_classes, in_channels, seed, device):
+        if warm:
+            return self.module_.to(device)
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            # Seeded here, so the new head (and a randomly initialised backbone)
+            # follow random_state without touching the global torch RNG.
+            torch.manual_seed(seed)
+            model = build_resnet(self.arch, weights, n_classes, in_channels)
+        return model.to(device, memory_format=torch.channels_last)
+
+    def _epoch_loop(
+        self, model, stage_lrs, device, amp_dtype, rng, seed, has_val, train
+    ) -> EpochLoop:
+        frozen = freeze_stages(model, stage_lrs)
+        groups = StageParamGroups(model, stage_lrs, self.weight_decay)
+        optimizer = _make_optimizer(self.optimizer, groups.groups)
+        schedule = EpochSchedule(
+            self.lr_schedule,
+            optimizer,
+            n_epochs=self.max_iter,
+            warmup_epochs=self.warmup_epochs,
+            patience=max(1, self.n_iter_no_change // 2),
+            tol=self.tol,
+        )
+        warm = self.warm_start and hasattr(self, "history_")
+        best = BestWeights(checkpoint_path=self.checkpoint_path)
+        if warm and has_val and self.best_score_ is not None:
+            # The weights now in the model are the previous fit's best.
+            best = BestWeights(
+                self.best_score_,
+                self.best_epoch_,
+                {k: v.detach().clone() for k, v in model.state_dict().items()},
+                self.checkpoint_path,
+            )
+        n_batches = len(batch_slices(len(train), self.batch_size, training=True))
+        return EpochLoop(
+            model=model,
+            forward=torch.compile(model) if self.torch_compile else model,
+            optimizer=optimizer,
+            param_groups=groups,
+            frozen_stages=frozen,
+            schedule=schedule,
+            batch_size=self.batch_size,
+            rotation_degrees=float(self.rotation_degrees),
+            amp_dtype=amp_dtype,
+            grad_scaler=(
+                torch.amp.GradScaler(device.type)
+                if amp_dtype == torch.float16
+                else None
+            ),
+            rng=rng,
+            generator=torch.Generator(device=device).manual_seed(seed + 1),
+            best=best,
+            reporter=ProgressReporter(self.verbose, self.max_iter, n_batches),
+            early_stopping=self.early_stopping,
+            n_iter_no_change=self.n_iter_no_change,
+            tol=self.tol,
+            history=list(self.history_) if warm else [],
+        )
+
+    # -------------------------------------------------------------- predict
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities of images ``X``.
+
+        Parameters
+        ----------
+        X : array-like
+            Images in any layout ``fit`` accepts, of the fitted image shape.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Rows sum to 1; columns follow ``classes_``.
+        """
+        logits = self._logits(X)
+        return torch.softmax(logits.double(), dim=1).numpy()
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted class labels of images ``X``.
+
+        Parameters
+        ----------
+        X : array-like
+            Images in any layout ``fit`` accepts, of the fitted image shape.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            Labels from ``classes_``.
+        """
+        return self.classes_[self._logits(X).argmax(dim=1).numpy()]
+
+    def _logits(self, X) -> torch.Tensor:
+        check_is_fitted(self)
+        if _ndim(X) > 2:
+            X, layout = self._validate_images(X, name="X", expected=self.image_shape_)
+        else:
+            X = validate_data(self, X, reset=False, dtype="numeric")
+            layout = infer_layout(X.shape, self.image_shape_)
+        device = resolve_device(self.device)
+        model = self.module_.to(device)
+        mean, std = self._normalization_stats
+        images = ImageBatches(X, layout, device, mean, std, self._model_channels)
+        amp_dtype = amp_dtype_for(device, self.precision)
+        return predict_logits(model, model, images, self.batch_size, amp_dtype)
+
+    def _validate_images(self, X, name: str, expected) -> tuple[np.ndarray, ImageLayout]:
+        X = check_array(X, allow_nd=True, dtype="numeric", input_name=name)
+        layout = infer_layout(X.shape, self.image_shape_ if X.ndim == 2 else None)
+        if layout.image_shape != tuple(expected):
+            raise ValueError(
+                f"{name} has images of shape {layout.image_shape} (height, width, "
+                f"channels) but the model was fitted on {tuple(expected)}"
+            )
+        return X, layout
+
+    # ---------------------------------------------------------- persistence
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a copy: it may be our __dict__
+        module = state.pop("module_", None)
+        if module is not None:
+            # Stored as CPU tensors, so a model fitted on a GPU loads anywhere.
+            state["_module_state"] = {
+                k: v.detach().cpu() for k, v in module.state_dict().items()
+            }
+        return state
+
+    def __setstate__(self, state):
+        module_state = state.pop("_module_state", None)
+        super().__setstate__(state)
+        if module_state is not None:
+            n_classes = module_state["fc.weight"].shape[0]
+            in_channels = module_state["conv1.weight"].shape[1]
+            with torch.device("meta"):
+                model = build_resnet(self.arch, None, n_classes, in_channels)
+            model.load_state_dict(module_state, assign=True)
+            self.module_ = model.to(memory_format=torch.channels_last)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+def _ndim(X) -> int:
+    ndim = getattr(X, "ndim", None)
+    return int(ndim) if ndim is not None else int(np.ndim(X))
+
+
+def _make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(groups)
+    if name == "adamw":
+        return torch.optim.AdamW(groups)
+    return torch.optim.SGD(groups, momentum=0.9)
+
+
+def _check_writable(path) -> None:
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint_path must be a file path; '{path}' is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"checkpoint_path '{path}' is not writable: {exc}"
+        ) from exc

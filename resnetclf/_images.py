@@ -1,0 +1,299 @@
+"""Image arrays -> normalised, augmented batches on the training device.
+
+The data set stays in the array the user passed, in its own dtype (uint8 for the
+merged data set). Only one batch at a time is gathered, moved to the device,
+converted to float, rotated and normalised there, so memory never holds a float
+or a three-channel copy of the whole data set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "IMAGENET_STATS",
+    "ImageBatches",
+    "ImageLayout",
+    "infer_layout",
+    "model_input_channels",
+    "random_rotate",
+    "resolve_normalization",
+]
+
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+# dtypes torch.from_numpy takes on every supported torch release.
+_TORCH_NATIVE_DTYPES = {
+    np.dtype(t)
+    for t in (
+        np.uint8,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.float16,
+        np.float32,
+        np.float64,
+        np.bool_,
+    )
+}
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """How each sample of an array is laid out.
+
+    Attributes
+    ----------
+    height, width, channels : int
+        Image size; ``channels`` is 1 or 3.
+    channels_last : bool
+        Samples are stored ``(H, W, C)`` (also flattened rows and ``(H, W)``
+        grayscale images) rather than ``(C, H, W)``.
+    """
+
+    height: int
+    width: int
+    channels: int
+    channels_last: bool
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(height, width, channels)``."""
+        return (self.height, self.width, self.channels)
+
+
+def infer_layout(shape: Sequence[int], image_shape=None) -> ImageLayout:
+    """Read the image layout from an array's shape.
+
+    - ``(N, D)``: flattened images; ``image_shape`` ``(H, W)`` or ``(H, W, C)``
+      gives their shape in row-major order, and without it each row is one
+      ``1 x D`` grayscale image.
+    - ``(N, H, W)``: grayscale images.
+    - ``(N, H, W, C)`` or ``(N, C, H, W)`` with C in {1, 3}: the last axis is
+      taken as channels when it has 1 or 3 entries, else the second axis.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 2:
+        return _flat_layout(shape[1], image_shape)
+    if len(shape) == 3:
+        _check_size(shape[1], shape[2])
+        return ImageLayout(shape[1], shape[2], 1, channels_last=True)
+    if len(shape) == 4:
+        if shape[3] in (1, 3):
+            _check_size(shape[1], shape[2])
+            return ImageLayout(shape[1], shape[2], shape[3], channels_last=True)
+        if shape[1] in (1, 3):
+            _check_size(shape[2], shape[3])
+            return ImageLayout(shape[2], shape[3], shape[1], channels_last=False)
+        raise ValueError(
+            "X must have 1 or 3 channels on its last axis (N, H, W, C) or its "
+            f"second axis (N, C, H, W); got an array of shape {shape}"
+        )
+    raise ValueError(
+        "X must be 2-D (N, H*W*C), 3-D (N, H, W), or 4-D (N, H, W, C) or "
+        f"(N, C, H, W); got {len(shape)}-D with shape {shape}"
+    )
+
+
+def _flat_layout(n_features: int, image_shape) -> ImageLayout:
+    if image_shape is None:
+        return ImageLayout(1, n_features, 1, channels_last=True)
+    if (
+        not isinstance(image_shape, (tuple, list))
+        or len(image_shape) not in (2, 3)
+        or not all(
+            isinstance(s, Integral) and not isinstance(s, bool) and s > 0
+            for s in image_shape
+        )
+    ):
+        raise ValueError(
+            "image_shape must be None or a tuple (height, width) or "
+            f"(height, width, channels) of positive ints; got {image_shape!r}"
+        )
+    height, width, channels = (*image_shape, 1)[:3]
+    if channels not in (1, 3):
+        raise ValueError(
+            f"image_shape must have 1 or 3 channels; got {image_shape!r}"
+        )
+    if height * width * channels != n_features:
+        raise ValueError(
+            f"image_shape={tuple(image_shape)!r} holds {height * width * channels}"
+            f" values per image but X has {n_features} features per row"
+        )
+    return ImageLayout(int(height), int(width), int(channels), channels_last=True)
+
+
+def _check_size(height: int, width: int) -> None:
+    if height < 1 or width < 1:
+        raise ValueError(
+            f"images must be at least 1x1 pixels; got {height}x{width}"
+        )
+
+
+def resolve_normalization(normalization) -> tuple[tuple[float, ...], ...]:
+    """``normalization`` -> per-channel ``(mean, std)`` as two 3-tuples.
+
+    Accepts ``"imagenet"`` or a pair ``(mean, std)`` whose entries are floats
+    (the same for every channel) or sequences of 1 or 3 floats.
+    """
+    if isinstance(normalization, str):
+        if normalization != "imagenet":
+            raise ValueError(
+                "normalization must be 'imagenet' or a pair (mean, std); "
+                f"got {normalization!r}"
+            )
+        return IMAGENET_STATS
+    if not isinstance(normalization, (tuple, list)) or len(normalization) != 2:
+        raise ValueError(
+            "normalization must be 'imagenet' or a pair (mean, std) of floats or "
+            f"3-sequences of floats; got {normalization!r}"
+        )
+    mean, std = (_three_floats(v, name) for v, name in zip(normalization, "ms"))
+    if not all(math.isfinite(m) for m in mean) or not all(
+        math.isfinite(s) and s > 0 for s in std
+    ):
+        raise ValueError(
+            "normalization needs finite means and stds > 0; "
+            f"got mean={mean}, std={std}"
+        )
+    return mean, std
+
+
+def _three_floats(value, which: str) -> tuple[float, float, float]:
+    if isinstance(value, Real) and not isinstance(value, bool):
+        return (float(value),) * 3
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) in (1, 3)
+        and all(isinstance(v, Real) and not isinstance(v, bool) for v in value)
+    ):
+        return tuple(float(v) for v in value) * (3 // len(value))
+    kind = "mean" if which == "m" else "std"
+    raise ValueError(
+        f"normalization's {kind} must be a float or a sequence of 1 or 3 floats; "
+        f"got {value!r}"
+    )
+
+
+def model_input_channels(input_channels: int, mean, std) -> int:
+    """1 when a grayscale image can feed a folded stem exactly, else 3.
+
+    Folding is exact only when every channel is normalised alike; otherwise the
+    gray channel is repeated (as a view, not a copy) and normalised per channel.
+    """
+    uniform = len(set(mean)) == 1 and len(set(std)) == 1
+    return 1 if input_channels == 1 and uniform else 3
+
+
+def random_rotate(
+    images: torch.Tensor, max_degrees: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Rotate each image by its own angle drawn uniformly in [-max, max] degrees.
+
+    One ``affine_grid`` + ``grid_sample`` for the whole batch; corners are filled
+    with 0, as torchvision's ``RandomRotation`` does. The matrix is corrected for
+    the aspect ratio, since the grid's coordinates run over [-1, 1] on both axes.
+    """
+    n, _, height, width = images.shape
+    angles = torch.rand(n, device=images.device, generator=generator)
+    angles = (angles * 2 - 1) * math.radians(max_degrees)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    zeros = torch.zeros_like(cos)
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin * height / width, zeros], dim=1),
+            torch.stack([sin * width / height, cos, zeros], dim=1),
+        ],
+        dim=1,
+    ).to(images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(
+        images, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+
+
+class ImageBatches:
+    """Gather batches of an image array as model input on a device.
+
+    Parameters
+    ----------
+    X : ndarray
+        The validated array, any numeric dtype, in the layout ``layout`` says.
+        Only read, never copied whole.
+    layout : ImageLayout
+        How samples are stored.
+    device : torch.device
+        Where batches go and are processed.
+    mean, std : tuple of float
+        Per-channel statistics (3 entries) applied after scaling to [0, 1]
+        (uint8 data is divided by 255; other dtypes are used as they are).
+    model_channels : int
+        1 for a folded grayscale stem, else 3.
+    """
+
+    def __init__(
+        self,
+        X: np.ndarray,
+        layout: ImageLayout,
+        device: torch.device,
+        mean: Sequence[float],
+        std: Sequence[float],
+        model_channels: int,
+    ) -> None:
+        self.X = X
+        self.layout = layout
+        self.device = device
+        self.model_channels = model_channels
+        channels = model_channels
+        mean_t = torch.tensor(mean[:channels], dtype=torch.float32, device=device)
+        std_t = torch.tensor(std[:channels], dtype=torch.float32, device=device)
+        self._scale = 1.0 / 255.0 if X.dtype == np.uint8 else 1.0
+        self._inv_std = (1.0 / std_t).view(1, channels, 1, 1)
+        self._shift = (-mean_t / std_t).view(1, channels, 1, 1)
+        self._pin = device.type == "cuda"
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def get(
+        self,
+        indices: np.ndarray,
+        rotation_degrees: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Images ``indices`` as a float32, normalised, channels-last NCHW tensor."""
+        raw = np.take(self.X, indices, axis=0)
+        if raw.dtype not in _TORCH_NATIVE_DTYPES:
+            raw = raw.astype(np.float32)
+        batch = torch.from_numpy(raw)
+        if self._pin:
+            batch = batch.pin_memory()
+        batch = batch.to(self.device, non_blocking=True)
+        layout = self.layout
+        if layout.channels_last:
+            # A permuted NHWC block is already NCHW in channels_last memory.
+            batch = batch.reshape(
+                len(indices), layout.height, layout.width, layout.channels
+            ).permute(0, 3, 1, 2)
+        else:
+            batch = batch.reshape(
+                len(indices), layout.channels, layout.height, layout.width
+            )
+        batch = batch.to(torch.float32)
+        if rotation_degrees > 0:
+            batch = random_rotate(batch * self._scale, rotation_degrees, generator)
+            scale = 1.0
+        else:
+            scale = self._scale
+        if batch.shape[1] != self.model_channels:
+            batch = batch.expand(-1, self.model_channels, -1, -1)
+        batch = batch * (self._inv_std * scale) + self._shift
+        return batch.contiguous(memory_format=torch.channels_last)

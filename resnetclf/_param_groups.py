@@ -1,0 +1,140 @@
+"""ResNet stages -> per-stage learning rates -> optimizer parameter groups."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from numbers import Real
+
+from torch import nn
+
+__all__ = [
+    "STAGES",
+    "StageParamGroups",
+    "check_layer_lr_decay",
+    "freeze_stages",
+    "set_frozen_to_eval",
+    "stage_learning_rates",
+    "stage_modules",
+]
+
+# From the input to the head. Learning rates grow along this order.
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")
+
+
+def check_layer_lr_decay(layer_lr_decay) -> None:
+    """Raise ValueError/TypeError unless ``layer_lr_decay`` is a valid value."""
+    if isinstance(layer_lr_decay, Mapping):
+        unknown = sorted(set(layer_lr_decay) - set(STAGES), key=str)
+        if unknown:
+            raise ValueError(
+                f"layer_lr_decay has unknown stage names {unknown}; "
+                f"expected names among {list(STAGES)}"
+            )
+        for stage, rate in layer_lr_decay.items():
+            if not isinstance(rate, Real) or isinstance(rate, bool) or rate < 0:
+                raise ValueError(
+                    f"layer_lr_decay[{stage!r}] must be a learning rate >= 0; "
+                    f"got {rate!r}"
+                )
+        return
+    if not isinstance(layer_lr_decay, Real) or isinstance(layer_lr_decay, bool):
+        raise TypeError(
+            "layer_lr_decay must be a float in [0, 1] or a dict mapping stage "
+            f"names to learning rates; got {type(layer_lr_decay).__name__}"
+        )
+    if not 0 <= layer_lr_decay <= 1:
+        raise ValueError(f"layer_lr_decay must be in [0, 1]; got {layer_lr_decay!r}")
+
+
+def stage_learning_rates(lr: float, layer_lr_decay) -> dict[str, float]:
+    """Learning rate of each stage, head first in importance.
+
+    A float ``d`` gives the stage ``k`` steps below the head ``lr * d**k``; a
+    mapping gives the rates directly and stages it leaves out train at ``lr``.
+    """
+    if isinstance(layer_lr_decay, Mapping):
+        return {s: float(layer_lr_decay.get(s, lr)) for s in STAGES}
+    depth = len(STAGES) - 1
+    return {
+        stage: float(lr * layer_lr_decay ** (depth - i))
+        for i, stage in enumerate(STAGES)
+    }
+
+
+def stage_modules(model: nn.Module) -> dict[str, list[nn.Module]]:
+    """The submodules of a torchvision ResNet that make up each stage."""
+    return {
+        "stem": [model.conv1, model.bn1],
+        "layer1": [model.layer1],
+        "layer2": [model.layer2],
+        "layer3": [model.layer3],
+        "layer4": [model.layer4],
+        "fc": [model.fc],
+    }
+
+
+def freeze_stages(model: nn.Module, stage_lrs: Mapping[str, float]) -> list[str]:
+    """Stop gradients for the stages whose rate is 0; return their names.
+
+    With no gradient required, autograd neither stores activations for nor
+    back-propagates into the frozen stages before the first trainable one.
+    """
+    frozen = [stage for stage in STAGES if stage_lrs[stage] == 0]
+    for stage, modules in stage_modules(model).items():
+        for module in modules:
+            module.requires_grad_(stage not in frozen)
+    return frozen
+
+
+def set_frozen_to_eval(model: nn.Module, frozen: list[str]) -> None:
+    """Keep frozen stages' batch-norm statistics fixed while the rest trains."""
+    modules = stage_modules(model)
+    for stage in frozen:
+        for module in modules[stage]:
+            module.eval()
+
+
+class StageParamGroups:
+    """Optimizer parameter groups, two per trainable stage.
+
+    Weights of convolutions and linear layers get ``weight_decay``; norm weights
+    and biases (1-D parameters) get none, since shrinking them only hurts. Each
+    group's ``lr`` is written directly, so stock ``torch.optim.lr_scheduler``
+    classes scale all stages together and keep their ratios.
+
+    Attributes
+    ----------
+    groups : list of dict
+        The groups to hand to a ``torch.optim.Optimizer``.
+    stages : list of str
+        The stage of each group, aligned with ``groups``.
+    """
+
+    def __init__(
+        self, model: nn.Module, stage_lrs: Mapping[str, float], weight_decay: float
+    ) -> None:
+        self.groups: list[dict] = []
+        self.stages: list[str] = []
+        for stage, modules in stage_modules(model).items():
+            if stage_lrs[stage] == 0:
+                continue
+            params = [p for m in modules for p in m.parameters()]
+            decayed = [p for p in params if p.ndim > 1]
+            not_decayed = [p for p in params if p.ndim <= 1]
+            for group_params, decay in ((decayed, weight_decay), (not_decayed, 0.0)):
+                if group_params:
+                    self.groups.append(
+                        {
+                            "params": group_params,
+                            "lr": stage_lrs[stage],
+                            "weight_decay": decay,
+                        }
+                    )
+                    self.stages.append(stage)
+
+    def current_rates(self, optimizer) -> dict[str, float]:
+        """Each stage's current learning rate (0.0 for frozen stages)."""
+        rates = dict.fromkeys(STAGES, 0.0)
+        for stage, group in zip(self.stages, optimizer.param_groups):
+            rates[stage] = float(group["lr"])
+        return rates

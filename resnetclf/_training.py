@@ -1,0 +1,288 @@
+"""The epoch loop: train step, evaluation, history and best-epoch keeping."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnetclf._backbone import to_torchvision_layout
+from resnetclf._checkpoint import save_state_dict_atomic
+from resnetclf._images import ImageBatches
+from resnetclf._param_groups import StageParamGroups, set_frozen_to_eval
+from resnetclf._progress import ProgressReporter
+from resnetclf._schedules import EpochSchedule
+
+__all__ = [
+    "BestWeights",
+    "EpochLoop",
+    "LabelledImages",
+    "batch_slices",
+    "predict_logits",
+]
+
+
+@dataclass
+class LabelledImages:
+    """The samples ``indices`` of ``images``, with their encoded labels."""
+
+    images: ImageBatches
+    indices: np.ndarray
+    labels: np.ndarray  # class index per sample of ``images``, not of ``indices``
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def targets(self, batch_indices: np.ndarray, device: torch.device) -> torch.Tensor:
+        return torch.from_numpy(self.labels[batch_indices]).to(
+            device, non_blocking=True
+        )
+
+
+def batch_slices(n_samples: int, batch_size: int, training: bool) -> list[slice]:
+    """Consecutive batches; in training a last batch of one sample joins the one
+    before, since batch norm cannot normalise a single value per channel."""
+    starts = list(range(0, n_samples, batch_size))
+    if training and len(starts) > 1 and n_samples - starts[-1] == 1:
+        starts.pop()
+    ends = starts[1:] + [n_samples]
+    return [slice(a, b) for a, b in zip(starts, ends)]
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision on ``device`` when ``dtype`` is set, else a no-op."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _explain_out_of_memory(batch_size: int):
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise torch.OutOfMemoryError(
+            f"out of memory on the device with batch_size={batch_size}; pass a "
+            f"smaller batch_size (e.g. {max(1, batch_size // 2)}), or a smaller arch "
+            f"or image size. Original error: {exc}"
+        ) from exc
+
+
+@torch.inference_mode()
+def predict_logits(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    model: nn.Module,
+    images: ImageBatches,
+    batch_size: int,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Logits for every image, in order, as a float32 CPU tensor."""
+    model.eval()
+    outputs = []
+    with _explain_out_of_memory(batch_size):
+        for batch in batch_slices(len(images), batch_size, training=False):
+            inputs = images.get(np.arange(batch.start, batch.stop))
+            with autocast_context(images.device, amp_dtype):
+                outputs.append(forward(inputs).float())
+    if not outputs:
+        return torch.empty(0, 0)
+    return torch.cat(outputs).cpu()
+
+
+class BestWeights:
+    """The best epoch so far: its score and an in-memory copy of its weights.
+
+    The copy, not a file, is what fit restores, so fits that share a
+    ``checkpoint_path`` cannot take each other's weights. The file, when asked
+    for, is written atomically in torchvision's layout.
+    """
+
+    def __init__(
+        self,
+        score: float = -math.inf,
+        epoch: int | None = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        checkpoint_path: str | Path | None = None,
+    ) -> None:
+        self.score = score
+        self.epoch = epoch
+        self.state_dict = state_dict
+        self.checkpoint_path = checkpoint_path
+
+    def consider(self, epoch: int, score: float, model: nn.Module) -> bool:
+        """Keep ``model``'s weights if ``score`` beats the best; say if it did."""
+        if not score > self.score:
+            return False
+        self.score, self.epoch = score, epoch
+        self.state_dict = {
+            k: v.detach().clone() for k, v in model.state_dict().items()
+        }
+        if self.checkpoint_path is not None:
+            try:
+                save_state_dict_atomic(
+                    to_torchvision_layout(model), self.checkpoint_path
+                )
+            except OSError as exc:
+                # The weights are safe in memory; a failed write must not end fit.
+                warnings.warn(
+                    f"could not write the checkpoint '{self.checkpoint_path}': "
+                    f"{exc}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return True
+
+    def restore(self, model: nn.Module) -> None:
+        if self.state_dict is not None:
+            model.load_state_dict(self.state_dict)
+
+
+@dataclass
+class EpochLoop:
+    """Train a model for a number of epochs with fixed settings.
+
+    ``run`` appends one record per epoch to ``history`` and keeps the best
+    epoch's weights in ``best``; it never raises on ``KeyboardInterrupt`` (it
+    stops with a warning), so what was learnt is kept.
+    """
+
+    model: nn.Module
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    param_groups: StageParamGroups
+    frozen_stages: list[str]
+    schedule: EpochSchedule
+    batch_size: int
+    rotation_degrees: float
+    amp_dtype: torch.dtype | None
+    grad_scaler: torch.amp.GradScaler | None
+    rng: np.random.RandomState
+    generator: torch.Generator
+    best: BestWeights
+    reporter: ProgressReporter
+    early_stopping: bool = False
+    n_iter_no_change: int = 10
+    tol: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+    def run(
+        self, train: LabelledImages, val: LabelledImages | None, n_epochs: int
+    ) -> bool:
+        """Train ``n_epochs`` epochs or until early stopping; True if interrupted."""
+        first = len(self.history) + 1
+        no_improvement = 0
+        best_for_stopping = self.best.score
+        try:
+            for epoch in range(first, first + n_epochs):
+                record = self.run_epoch(epoch, train, val)
+                self.history.append(record)
+                score = record["val_accuracy"]
+                if score is None:
+                    self.best.epoch = epoch
+                    self.schedule.step(-record["train_loss"])
+                    self.reporter.end_epoch(record)
+                    continue
+                self.best.consider(epoch, score, self.model)
+                no_improvement = 0 if score > best_for_stopping + self.tol else (
+                    no_improvement + 1
+                )
+                best_for_stopping = max(best_for_stopping, score)
+                self.schedule.step(score)
+                self.reporter.end_epoch(record)
+                if self.early_stopping and no_improvement >= self.n_iter_no_change:
+                    self.reporter.message(
+                        f"early stopping: validation accuracy has not improved by "
+                        f"more than tol={self.tol} for {no_improvement} epochs"
+                    )
+                    break
+        except KeyboardInterrupt:
+            warnings.warn(
+                "training interrupted by the user; keeping the best weights so far",
+                UserWarning,
+                stacklevel=3,
+            )
+            return True
+        finally:
+            self.reporter.close()
+        return False
+
+    def run_epoch(
+        self, epoch: int, train: LabelledImages, val: LabelledImages | None
+    ) -> dict:
+        start = time.perf_counter()
+        rates = self.param_groups.current_rates(self.optimizer)
+        self.reporter.start_epoch(epoch)
+        train_loss, train_accuracy = self.train_epoch(train)
+        val_loss, val_accuracy = self.evaluate(val) if val is not None else (None, None)
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+        }
+        record.update({f"lr_{stage}": rate for stage, rate in rates.items()})
+        record["seconds"] = time.perf_counter() - start
+        return record
+
+    def train_epoch(self, data: LabelledImages) -> tuple[float, float]:
+        self.model.train()
+        set_frozen_to_eval(self.model, self.frozen_stages)
+        device = data.images.device
+        order = data.indices[self.rng.permutation(len(data))]
+        loss_sum = torch.zeros((), device=device)
+        n_correct = torch.zeros((), device=device, dtype=torch.long)
+        with _explain_out_of_memory(self.batch_size):
+            for batch in batch_slices(len(order), self.batch_size, training=True):
+                indices = order[batch]
+                inputs = data.images.get(
+                    indices, self.rotation_degrees, self.generator
+                )
+                targets = data.targets(indices, device)
+                loss, logits = self.train_step(inputs, targets)
+                # Sums stay on the device: no host sync per batch.
+                loss_sum += loss.detach().float() * len(indices)
+                n_correct += (logits.argmax(dim=1) == targets).sum()
+                self.reporter.end_batch()
+        return loss_sum.item() / len(order), n_correct.item() / len(order)
+
+    def train_step(
+        self, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast_context(inputs.device, self.amp_dtype):
+            logits = self.forward(inputs)
+            loss = F.cross_entropy(logits, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return loss, logits
+
+    @torch.inference_mode()
+    def evaluate(self, data: LabelledImages) -> tuple[float, float]:
+        self.model.eval()
+        device = data.images.device
+        loss_sum = torch.zeros((), device=device)
+        n_correct = torch.zeros((), device=device, dtype=torch.long)
+        with _explain_out_of_memory(self.batch_size):
+            for batch in batch_slices(len(data), self.batch_size, training=False):
+                indices = data.indices[batch]
+                targets = data.targets(indices, device)
+                with autocast_context(device, self.amp_dtype):
+                    logits = self.forward(data.images.get(indices)).float()
+                loss_sum += F.cross_entropy(logits, targets, reduction="sum")
+                n_correct += (logits.argmax(dim=1) == targets).sum()
+        return loss_sum.item() / len(data), n_correct.item() / len(data)

@@ -1,0 +1,587 @@
+"""Load the merged digit-sum dataset and make stand-in data with the same layout.
+
+The *merged dataset* is stored as subsets in one folder: images in ``data0.npy``,
+``data1.npy``, ... and labels in ``lab0.npy``, ``lab1.npy``, ... Each image is a
+40x168 grayscale ``uint8`` picture of four handwritten digits side by side, and
+its label is the sum of those digits (0..36, so 37 classes).
+
+The real files are not shipped with this package. :func:`make_digit_sums`
+composes images of the same kind from scikit-learn's bundled handwritten
+digits (:func:`sklearn.datasets.load_digits`, no download needed), and
+:func:`write_merged` saves them in the merged layout, so that
+:func:`load_merged`, the examples and the tests can run end to end on files.
+The same is available from the command line::
+
+    python -m resnetclf.datasets --out DIR --n-samples 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import numbers
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import ArrayLike
+from sklearn.utils import check_random_state
+
+__all__ = ["load_merged", "make_digit_sums", "write_merged", "main"]
+
+# np.load's "w+" mode would truncate the data file, so it is never allowed here.
+_MMAP_MODES = (None, "r", "r+", "c")
+
+# Side of the digits in sklearn.datasets.load_digits, and their largest value.
+_DIGIT_SIDE = 8
+_DIGIT_MAX = 16
+
+
+def _data_path(data_dir: Path, index: int) -> Path:
+    return data_dir / f"data{index}.npy"
+
+
+def _label_path(data_dir: Path, index: int) -> Path:
+    return data_dir / f"lab{index}.npy"
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    """Return ``value`` as an int, or raise if it is not an integer >= minimum."""
+    # bool is an Integral, but passing True as a count is always a mistake.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be an integer >= {minimum}; "
+            f"found {value!r} of type {type(value).__name__}"
+        )
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; found {value!r}")
+    return int(value)
+
+
+def _check_labels(labels: np.ndarray, source: str) -> np.ndarray:
+    """Return 1-D labels as an in-memory int64 array, or raise ValueError.
+
+    Integer labels are accepted as they are; floating-point labels only when every
+    value is finite and whole (some tools save class labels as float).
+    """
+    if labels.ndim != 1:
+        raise ValueError(
+            f"{source}: expected 1-D integer labels of shape (n_samples,); "
+            f"found an array of shape {labels.shape}"
+        )
+    if np.issubdtype(labels.dtype, np.integer):
+        # np.array copies, so the result never aliases a memory-mapped label file.
+        return np.array(labels, dtype=np.int64)
+    if np.issubdtype(labels.dtype, np.floating):
+        values = np.asarray(labels)
+        if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+            raise ValueError(
+                f"{source}: expected integer labels; found {labels.dtype} values "
+                "that are not all whole numbers"
+            )
+        return values.astype(np.int64)
+    raise ValueError(f"{source}: expected integer labels; found dtype {labels.dtype}")
+
+
+def _check_images(images: np.ndarray, source: str) -> None:
+    if images.ndim not in (3, 4):
+        raise ValueError(
+            f"{source}: expected images of shape (n_samples, height, width) or "
+            f"(n_samples, height, width, channels); found an array of shape "
+            f"{images.shape}"
+        )
+
+
+def _load_npy(path: Path, mmap_mode: str | None) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"missing file {path}")
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
+    except ValueError as exc:
+        # np.load's own messages (pickled or object data, bad header) omit the path.
+        raise ValueError(f"{path}: could not load as a numpy array: {exc}") from exc
+
+
+def _resolve_subsets(data_dir: Path, subsets: int | Iterable[int] | None) -> list[int]:
+    if subsets is None:
+        if not _data_path(data_dir, 0).is_file():
+            raise FileNotFoundError(f"missing file {_data_path(data_dir, 0)}")
+        found = [0]
+        while _data_path(data_dir, found[-1] + 1).is_file():
+            found.append(found[-1] + 1)
+        return found
+    if isinstance(subsets, numbers.Integral) and not isinstance(subsets, bool):
+        subsets = [subsets]
+    indices = [_check_int("each entry of subsets", s, 0) for s in subsets]
+    if not indices:
+        raise ValueError("subsets must name at least one subset; found none")
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"subsets must not repeat an index; found {indices}")
+    return indices
+
+
+def load_merged(
+    data_dir: str | os.PathLike[str],
+    subsets: int | Iterable[int] | None = None,
+    mmap_mode: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load images and labels of the merged dataset from ``.npy`` files.
+
+    Subset ``i`` is the pair ``data{i}.npy`` (images) and ``lab{i}.npy``
+    (labels) in ``data_dir``. The subsets are concatenated in the order given.
+
+    Parameters
+    ----------
+    data_dir : str or os.PathLike
+        Folder holding the ``data{i}.npy`` and ``lab{i}.npy`` files.
+    subsets : int or iterable of int, default=None
+        Indices of the subsets to load, in the order they are concatenated. If
+        None, every subset with a ``data{i}.npy`` file counting up from 0 is
+        loaded: ``data0.npy``, then ``data1.npy`` if it exists, and so on,
+        stopping at the first index with no ``data{i}.npy`` (so ``data0.npy``
+        must exist, and a file after a gap, such as ``data3.npy`` with no
+        ``data2.npy``, is not read).
+    mmap_mode : {None, 'r', 'r+', 'c'}, default=None
+        Passed to :func:`numpy.load` for every file. With a single subset the
+        images are returned as the :class:`numpy.memmap` itself, without a
+        copy. With several subsets, concatenating them necessarily builds one
+        array in memory, so memory mapping then only avoids holding two copies
+        of a subset while loading. ``'w+'`` is refused because it would
+        overwrite the data file.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, height, width) or \
+(n_samples, height, width, channels)
+        The images, with the dtype they were saved with (``uint8`` for the
+        merged dataset). A :class:`numpy.memmap` when ``mmap_mode`` is set and
+        one subset is loaded.
+    y : ndarray of shape (n_samples,), dtype int64
+        The labels, always an in-memory copy. Integer labels are accepted, and
+        so are floating-point labels whose values are all whole numbers.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a ``data{i}.npy`` or ``lab{i}.npy`` file that is needed does not
+        exist; the message names the file.
+    ValueError
+        If ``mmap_mode`` or ``subsets`` is invalid, or a file holds something
+        else than expected: images that are not 3-D or 4-D, labels that are not
+        1-D whole numbers, images and labels of different lengths, or a subset
+        whose image shape (all but the first axis) differs from the first
+        subset's. The message names the file and says what was found.
+    TypeError
+        If an entry of ``subsets`` is not an integer.
+
+    See Also
+    --------
+    write_merged : Save arrays in this layout.
+    make_digit_sums : Make stand-in data for the merged dataset.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from resnetclf.datasets import load_merged, make_digit_sums, write_merged
+    >>> X, y = make_digit_sums(6, random_state=0)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     _ = write_merged(folder, X, y, n_subsets=3)
+    ...     X_loaded, y_loaded = load_merged(folder)
+    >>> X_loaded.shape, X_loaded.dtype, y_loaded.dtype
+    ((6, 40, 168), dtype('uint8'), dtype('int64'))
+    >>> bool((X_loaded == X).all() and (y_loaded == y).all())
+    True
+    """
+    if mmap_mode not in _MMAP_MODES:
+        raise ValueError(f"mmap_mode must be one of {_MMAP_MODES}; found {mmap_mode!r}")
+    data_dir = Path(data_dir)
+    indices = _resolve_subsets(data_dir, subsets)
+
+    images_parts: list[np.ndarray] = []
+    label_parts: list[np.ndarray] = []
+    for index in indices:
+        data_path = _data_path(data_dir, index)
+        label_path = _label_path(data_dir, index)
+        images = _load_npy(data_path, mmap_mode)
+        labels = _load_npy(label_path, mmap_mode)
+        _check_images(images, str(data_path))
+        labels = _check_labels(labels, str(label_path))
+        if len(images) != len(labels):
+            raise ValueError(
+                f"{data_path} holds {len(images)} images but {label_path} holds "
+                f"{len(labels)} labels; they must have the same length"
+            )
+        if images_parts and images.shape[1:] != images_parts[0].shape[1:]:
+            raise ValueError(
+                f"{data_path}: images of shape {images.shape[1:]} do not match "
+                f"the shape {images_parts[0].shape[1:]} of "
+                f"{_data_path(data_dir, indices[0])}"
+            )
+        images_parts.append(images)
+        label_parts.append(labels)
+
+    if len(images_parts) == 1:
+        # Returned as loaded, so a memory map stays a memory map.
+        return images_parts[0], label_parts[0]
+    return np.concatenate(images_parts), np.concatenate(label_parts)
+
+
+@functools.lru_cache(maxsize=1)
+def _digit_bank() -> tuple[np.ndarray, np.ndarray]:
+    """Return load_digits' images as uint8 0..255 and their targets, read-only."""
+    # Imported here so that loading files does not import the datasets module.
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255 / _DIGIT_MAX)).astype(np.uint8)
+    targets = digits.target.astype(np.int64)
+    # The cache hands out the same arrays on every call: keep them immutable.
+    images.flags.writeable = False
+    targets.flags.writeable = False
+    return images, targets
+
+
+def _digit_scale(image_shape: tuple[int, int], n_digits: int) -> int:
+    """Integer upscaling factor for the 8x8 digits in an image of this shape.
+
+    About a fifth of the height and width is kept free, so that the digits can
+    move vertically and have gaps between them, as in the merged dataset. For
+    the default 40x168 image with four digits this gives 32x32 digits.
+    """
+    height, width = image_shape
+    by_height = (height * 4 // 5) // _DIGIT_SIDE
+    by_width = (width * 4 // 5) // (_DIGIT_SIDE * n_digits)
+    return max(1, min(by_height, by_width))
+
+
+class _Composition(NamedTuple):
+    """Images composed by :func:`_compose_digit_sums`, with how they were made."""
+
+    X: np.ndarray  # (n_samples, height, width) uint8
+    y: np.ndarray  # (n_samples,) int64, sum of the digits
+    digit_index: np.ndarray  # (n_samples, n_digits) rows of load_digits
+    top: np.ndarray  # (n_samples, n_digits) first row of each digit
+    left: np.ndarray  # (n_samples, n_digits) first column of each digit
+    scale: int  # upscaling factor; each digit covers 8*scale x 8*scale pixels
+
+
+def _compose_digit_sums(
+    n_samples: int,
+    n_digits: int,
+    image_shape: tuple[int, int],
+    rng: np.random.RandomState,
+) -> _Composition:
+    """Compose the images, returning the layout too so that tests can check it."""
+    bank, targets = _digit_bank()
+    height, width = image_shape
+    scale = _digit_scale(image_shape, n_digits)
+    side = _DIGIT_SIDE * scale
+    # Upscale the ~1800 source digits once rather than every drawn copy.
+    big_bank = bank.repeat(scale, axis=1).repeat(scale, axis=2)
+
+    digit_index = rng.randint(0, len(bank), size=(n_samples, n_digits))
+    top = rng.randint(0, height - side + 1, size=(n_samples, n_digits))
+    # Split the free width at random between the left margin, the n_digits - 1
+    # gaps and the right margin; flooring keeps the total within the free width,
+    # so the digits never overlap nor leave the image.
+    free_width = width - n_digits * side
+    weights = rng.random_sample((n_samples, n_digits + 1))
+    gaps = np.floor(weights / weights.sum(axis=1, keepdims=True) * free_width)
+    left = np.cumsum(gaps[:, :n_digits], axis=1).astype(np.int64)
+    left += np.arange(n_digits) * side
+
+    X = np.zeros((n_samples, height, width), dtype=np.uint8)
+    sample = np.arange(n_samples)[:, None, None]
+    offsets = np.arange(side)
+    for slot in range(n_digits):
+        rows = top[:, slot, None, None] + offsets[None, :, None]
+        cols = left[:, slot, None, None] + offsets[None, None, :]
+        X[sample, rows, cols] = big_bank[digit_index[:, slot]]
+    y = targets[digit_index].sum(axis=1)
+    return _Composition(X, y, digit_index, top, left, scale)
+
+
+def _check_image_shape(image_shape: object, n_digits: int) -> tuple[int, int]:
+    expected = (
+        f"two positive integers (height, width) of at least "
+        f"({_DIGIT_SIDE}, {_DIGIT_SIDE * n_digits}) to hold {n_digits} "
+        f"{_DIGIT_SIDE}x{_DIGIT_SIDE} digits side by side"
+    )
+    try:
+        values = tuple(image_shape)  # type: ignore[arg-type]
+    except TypeError:
+        values = ()
+    if len(values) != 2 or any(
+        isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in values
+    ):
+        raise ValueError(f"image_shape must be {expected}; found {image_shape!r}")
+    height, width = (int(v) for v in values)
+    if height < _DIGIT_SIDE or width < _DIGIT_SIDE * n_digits:
+        raise ValueError(f"image_shape must be {expected}; found {image_shape!r}")
+    return height, width
+
+
+def make_digit_sums(
+    n_samples: int,
+    n_digits: int = 4,
+    image_shape: tuple[int, int] = (40, 168),
+    random_state: int | np.random.RandomState | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Make images of handwritten digits side by side, labelled with their sum.
+
+    A stand-in for the merged dataset built from real handwriting: each image
+    holds ``n_digits`` digits drawn uniformly from the 1797 images of
+    :func:`sklearn.datasets.load_digits`, placed left to right with random
+    vertical offsets and random horizontal gaps on a black background.
+
+    The 8x8 source digits are upscaled by the largest integer factor that
+    leaves about a fifth of the height and width free (nearest neighbour), so
+    the default 40x168 image holds four 32x32 digits; small images fall back to
+    unscaled 8x8 digits. Pixel values 0..16 are scaled to 0..255.
+
+    Parameters
+    ----------
+    n_samples : int
+        Number of images, at least 1.
+    n_digits : int, default=4
+        Number of digits in each image, at least 1. Labels range over
+        ``0 .. 9 * n_digits``.
+    image_shape : tuple of (int, int), default=(40, 168)
+        ``(height, width)`` of the images; at least ``(8, 8 * n_digits)``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the choice of digits and their placement; an int gives the same
+        arrays on every call. See :term:`Glossary <random_state>`.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, height, width), dtype uint8
+        The images, values 0..255, digits bright on black.
+    y : ndarray of shape (n_samples,), dtype int64
+        The sum of the digits in each image.
+
+    Raises
+    ------
+    TypeError
+        If ``n_samples`` or ``n_digits`` is not an integer.
+    ValueError
+        If ``n_samples`` or ``n_digits`` is below 1, or ``image_shape`` is not
+        two integers large enough to hold the digits.
+
+    See Also
+    --------
+    write_merged : Save the arrays in the merged dataset's file layout.
+
+    Examples
+    --------
+    >>> from resnetclf.datasets import make_digit_sums
+    >>> X, y = make_digit_sums(5, random_state=0)
+    >>> X.shape, X.dtype, y.shape, y.dtype
+    ((5, 40, 168), dtype('uint8'), (5,), dtype('int64'))
+    >>> X2, y2 = make_digit_sums(5, random_state=0)
+    >>> bool((X == X2).all() and (y == y2).all())
+    True
+    >>> X, y = make_digit_sums(3, n_digits=2, image_shape=(16, 40), random_state=0)
+    >>> X.shape, int(y.max()) <= 18
+    ((3, 16, 40), True)
+    """
+    n_samples = _check_int("n_samples", n_samples, 1)
+    n_digits = _check_int("n_digits", n_digits, 1)
+    shape = _check_image_shape(image_shape, n_digits)
+    rng = check_random_state(random_state)
+    composition = _compose_digit_sums(n_samples, n_digits, shape, rng)
+    return composition.X, composition.y
+
+
+def write_merged(
+    data_dir: str | os.PathLike[str],
+    X: ArrayLike,
+    y: ArrayLike,
+    n_subsets: int = 3,
+    *,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Save images and labels as the merged dataset's ``data{i}``/``lab{i}`` files.
+
+    ``X`` and ``y`` are split in order into ``n_subsets`` consecutive parts of
+    nearly equal size (:func:`numpy.array_split`); part ``i`` is written with
+    :func:`numpy.save` to ``data{i}.npy`` and ``lab{i}.npy``. Reading the folder
+    back with :func:`load_merged` gives the same arrays.
+
+    Parameters
+    ----------
+    data_dir : str or os.PathLike
+        Folder to write to; created, with its parents, if it does not exist.
+    X : array-like of shape (n_samples, height, width) or \
+(n_samples, height, width, channels)
+        Images, saved with their dtype.
+    y : array-like of shape (n_samples,)
+        Integer labels (floats with whole values are accepted), saved as int64.
+    n_subsets : int, default=3
+        Number of subsets, from 1 to ``n_samples`` so that none is empty.
+    overwrite : bool, default=False
+        Whether to replace ``data{i}.npy``/``lab{i}.npy`` files that already
+        exist.
+
+    Returns
+    -------
+    paths : list of pathlib.Path
+        The files written: ``data0.npy``, ``lab0.npy``, ``data1.npy``, ...
+
+    Raises
+    ------
+    ValueError
+        If ``X`` is not 3-D or 4-D, ``y`` is not 1-D whole numbers, their
+        lengths differ, or ``n_subsets`` is out of range.
+    TypeError
+        If ``n_subsets`` is not an integer.
+    FileExistsError
+        If a file to be written exists and ``overwrite`` is False, or if
+        ``data{n_subsets}.npy`` or ``lab{n_subsets}.npy`` exists (whatever
+        ``overwrite`` says): :func:`load_merged` would read it as an extra
+        subset, so it must be removed first. Nothing is written then.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from resnetclf.datasets import make_digit_sums, write_merged
+    >>> X, y = make_digit_sums(4, random_state=0)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     paths = write_merged(folder, X, y, n_subsets=2)
+    >>> [path.name for path in paths]
+    ['data0.npy', 'lab0.npy', 'data1.npy', 'lab1.npy']
+    """
+    X = np.asarray(X)
+    _check_images(X, "X")
+    y = _check_labels(np.asarray(y), "y")
+    if len(X) != len(y):
+        raise ValueError(
+            f"X holds {len(X)} images but y holds {len(y)} labels; "
+            "they must have the same length"
+        )
+    n_subsets = _check_int("n_subsets", n_subsets, 1)
+    if n_subsets > len(X):
+        raise ValueError(
+            f"n_subsets must be at most the number of samples ({len(X)}) so that "
+            f"no subset is empty; found {n_subsets}"
+        )
+
+    data_dir = Path(data_dir)
+    targets = []
+    for index in range(n_subsets):
+        targets += [_data_path(data_dir, index), _label_path(data_dir, index)]
+    # Check everything before writing anything, so a refusal leaves no mix of
+    # old and new subsets behind.
+    if not overwrite:
+        existing = [path for path in targets if path.exists()]
+        if existing:
+            raise FileExistsError(
+                f"{existing[0]} already exists; pass overwrite=True "
+                "(--overwrite on the command line) to replace it"
+            )
+    for extra in (_data_path(data_dir, n_subsets), _label_path(data_dir, n_subsets)):
+        if extra.exists():
+            raise FileExistsError(
+                f"{extra} exists and load_merged would read it as subset "
+                f"{n_subsets} after the {n_subsets} subsets written now; remove it"
+            )
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    parts = zip(np.array_split(X, n_subsets), np.array_split(y, n_subsets))
+    for index, (images, labels) in enumerate(parts):
+        np.save(_data_path(data_dir, index), images, allow_pickle=False)
+        np.save(_label_path(data_dir, index), labels, allow_pickle=False)
+    return targets
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m resnetclf.datasets",
+        description=(
+            "Make stand-in data for the merged digit-sum dataset from "
+            "scikit-learn's handwritten digits, and save it as data{i}.npy / "
+            "lab{i}.npy files."
+        ),
+    )
+    parser.add_argument("--out", required=True, help="folder to write the files to")
+    parser.add_argument(
+        "--n-samples", type=int, required=True, help="number of images in all"
+    )
+    parser.add_argument(
+        "--n-digits", type=int, default=4, help="digits per image (default: 4)"
+    )
+    parser.add_argument(
+        "--height", type=int, default=40, help="image height (default: 40)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=168, help="image width (default: 168)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--n-subsets",
+        type=int,
+        default=3,
+        help="number of data{i}/lab{i} file pairs (default: 3)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace files that already exist"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line: make stand-in data and write it with write_merged.
+
+    Parameters
+    ----------
+    argv : sequence of str, default=None
+        The arguments, without the program name; None reads ``sys.argv``.
+
+    Returns
+    -------
+    status : int
+        0 on success, 1 if files could not be written (for instance because
+        they exist and ``--overwrite`` was not given).
+
+    Raises
+    ------
+    SystemExit
+        With status 2 on invalid arguments, after argparse prints the usage.
+
+    Examples
+    --------
+    From a shell::
+
+        python -m resnetclf.datasets --out data/merged --n-samples 3000 --seed 0
+    """
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        X, y = make_digit_sums(
+            args.n_samples,
+            n_digits=args.n_digits,
+            image_shape=(args.height, args.width),
+            random_state=args.seed,
+        )
+        paths = write_merged(args.out, X, y, args.n_subsets, overwrite=args.overwrite)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    for path in paths:
+        array = np.load(path, mmap_mode="r")
+        print(f"wrote {path}  shape={array.shape} dtype={array.dtype}")
+    print(
+        f"{len(X)} images of {args.height}x{args.width} with {args.n_digits} digits, "
+        f"labels {y.min()}..{y.max()} ({len(np.unique(y))} distinct), "
+        f"in {args.n_subsets} subsets under {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
