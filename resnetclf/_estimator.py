@@ -522,7 +522,8 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         y_pred : ndarray of shape (n_samples,)
             Labels from ``classes_``.
         """
-        return self.classes_[self._logits(X).argmax(dim=1).numpy()]
+        logits = self._logits(X)
+        return self.classes_[logits.argmax(dim=1).numpy()]
 
     def _logits(self, X) -> torch.Tensor:
         check_is_fitted(self)
@@ -578,7 +579,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
 
 def _ndim(X) -> int:
     ndim = getattr(X, "ndim", None)
-    return int(ndim) if ndim is not None else int(np.ndim(X))
+    return int(ndim) if ndim is not None else np.asarray(X).ndim
 
 
 def _make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
