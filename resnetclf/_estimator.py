@@ -370,12 +370,15 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
 
     def _validate_training_data(self, X, y, reset: bool):
         ndim = _ndim(X)
-        if ndim > 2:
-            X, y = validate_data(
-                self, X, y, reset=reset, allow_nd=True, dtype="numeric"
-            )
-            if reset:
-                self.n_features_in_ = int(np.prod(X.shape[1:]))
+        if ndim > 2 and reset:
+            X, y = validate_data(self, X, y, allow_nd=True, dtype="numeric")
+            # validate_data counts X.shape[1]; an image's values are its features.
+            self.n_features_in_ = int(np.prod(X.shape[1:]))
+            layout = infer_layout(X.shape)
+        elif ndim > 2:
+            X = check_array(X, allow_nd=True, dtype="numeric")
+            y = column_or_1d(y, warn=True)
+            check_consistent_length(X, y)
             layout = infer_layout(X.shape)
         else:
             X, y = validate_data(self, X, y, reset=reset, dtype="numeric")

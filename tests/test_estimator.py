@@ -1,0 +1,318 @@
+"""ResNetFineTuneClassifier: fit, predict, history, best epoch, sklearn fit."""
+
+from __future__ import annotations
+
+import io
+
+import joblib
+import numpy as np
+import pytest
+import torch
+import torchvision
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from conftest import small_classifier
+from resnetclf._param_groups import STAGES
+
+
+def test_fit_sets_fitted_attributes(fitted):
+    clf, X, y, _ = fitted
+    assert list(clf.classes_) == [0, 1, 2]
+    assert clf.n_iter_ == 3 == len(clf.history_)
+    assert clf.image_shape_ == (12, 20, 1)
+    assert clf.n_features_in_ == 12 * 20
+    assert 1 <= clf.best_epoch_ <= 3
+    assert isinstance(clf.module_, torch.nn.Module)
+    assert clf.module_.fc.out_features == 3
+    # Grayscale folded into a one-channel stem.
+    assert clf.module_.conv1.in_channels == 1
+
+
+def test_history_records(fitted):
+    clf = fitted[0]
+    for epoch, record in enumerate(clf.history_, start=1):
+        assert record["epoch"] == epoch
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            assert np.isfinite(record[key])
+        assert record["seconds"] > 0
+        assert {f"lr_{s}" for s in STAGES} <= set(record)
+    assert clf.best_score_ == max(r["val_accuracy"] for r in clf.history_)
+    assert clf.history_[clf.best_epoch_ - 1]["val_accuracy"] == clf.best_score_
+
+
+def test_restored_weights_reproduce_best_score(fitted):
+    clf, X, y, _ = fitted
+    assert clf.score(X[36:], y[36:]) == clf.best_score_
+
+
+def test_checkpoint_is_torchvision_state_dict_of_restored_model(fitted):
+    clf, X, _, path = fitted
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = torchvision.models.resnet18(num_classes=3)
+    model.load_state_dict(state)  # torchvision's RGB layout, as is
+    model.eval()
+    # On channel-repeated, normalised input the file gives the restored model's
+    # outputs.
+    images = torch.from_numpy(X[:8]).float().div(255).unsqueeze(1)
+    rgb = ((images - 0.5) / 0.5).repeat(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = torch.softmax(model(rgb).double(), dim=1).numpy()
+    np.testing.assert_allclose(clf.predict_proba(X[:8]), expected, atol=1e-5)
+
+
+def test_predict_proba_and_score(fitted):
+    clf, X, y, _ = fitted
+    proba = clf.predict_proba(X)
+    assert proba.shape == (48, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    pred = clf.predict(X)
+    np.testing.assert_array_equal(pred, clf.classes_[proba.argmax(axis=1)])
+    assert clf.score(X, y) == np.mean(pred == y)
+
+
+@pytest.mark.parametrize(
+    "as_layout",
+    [
+        lambda X: X[..., None],  # (N, H, W, 1)
+        lambda X: X[:, None],  # (N, 1, H, W)
+        lambda X: X.reshape(len(X), -1),  # flattened rows, read with image_shape_
+        lambda X: X.astype(np.float64) / 255,  # floats in [0, 1]
+    ],
+    ids=["NHWC", "NCHW", "flat", "float"],
+)
+def test_layouts_give_the_same_predictions(fitted, as_layout):
+    clf, X, _, _ = fitted
+    np.testing.assert_allclose(
+        clf.predict_proba(as_layout(X)), clf.predict_proba(X), atol=1e-6
+    )
+
+
+def test_flat_input_with_image_shape_matches_images(tiny_images):
+    X, y = tiny_images
+    from_images = small_classifier(max_iter=1).fit(X, y)
+    from_rows = small_classifier(max_iter=1, image_shape=(12, 20)).fit(
+        X.reshape(48, -1), y
+    )
+    assert from_rows.image_shape_ == (12, 20, 1)
+    np.testing.assert_allclose(
+        from_rows.predict_proba(X), from_images.predict_proba(X), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_rgb_images(tiny_images, channels_last):
+    X, y = tiny_images
+    rgb = np.stack([X, X // 2, 255 - X], axis=-1)  # (N, H, W, 3)
+    if not channels_last:
+        rgb = rgb.transpose(0, 3, 1, 2)
+    clf = small_classifier(max_iter=1, normalization="imagenet").fit(rgb, y)
+    assert clf.image_shape_ == (12, 20, 3)
+    assert clf.module_.conv1.in_channels == 3
+    other = rgb.transpose(0, 2, 3, 1) if not channels_last else rgb.transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(clf.predict_proba(other), clf.predict_proba(rgb), atol=1e-6)
+
+
+def test_grayscale_with_imagenet_stats_repeats_channels(tiny_images):
+    X, y = tiny_images
+    clf = small_classifier(max_iter=1, normalization="imagenet").fit(X, y)
+    # Per-channel statistics differ, so folding would not be exact.
+    assert clf.module_.conv1.in_channels == 3
+
+
+def test_string_labels(tiny_images):
+    X, y = tiny_images
+    names = np.array(["cat", "dog", "emu"])[y]
+    clf = small_classifier(max_iter=1).fit(X, names)
+    assert list(clf.classes_) == ["cat", "dog", "emu"]
+    assert set(clf.predict(X)) <= set(names)
+
+
+def test_same_random_state_same_history_and_predictions(tiny_images):
+    X, y = tiny_images
+    first = small_classifier(rotation_degrees=15).fit(X, y)
+    second = small_classifier(rotation_degrees=15).fit(X, y)
+
+    def without_time(history):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+    assert without_time(first.history_) == without_time(second.history_)
+    np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))
+    third = small_classifier(rotation_degrees=15, random_state=1).fit(X, y)
+    assert without_time(third.history_) != without_time(first.history_)
+
+
+def test_fit_leaves_global_torch_rng_alone(tiny_images):
+    X, y = tiny_images
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    small_classifier(max_iter=1).fit(X, y)
+    np.testing.assert_array_equal(torch.rand(3), expected)
+
+
+def test_internal_validation_split_is_stratified(tiny_images):
+    X, y = tiny_images
+    clf = small_classifier(max_iter=1, validation_fraction=0.25).fit(X, y)
+    record = clf.history_[0]
+    # 12 of 48 held out, 4 per class: accuracies are multiples of 1/12.
+    assert round(record["val_accuracy"] * 12, 6) == round(record["val_accuracy"] * 12)
+    assert clf.best_score_ == record["val_accuracy"]
+
+
+def test_rare_class_stays_in_training_with_warning(tiny_images):
+    X, y = tiny_images
+    y = y.copy()
+    y[0] = 3  # a class with a single sample
+    with pytest.warns(UserWarning, match="too few samples"):
+        clf = small_classifier(max_iter=1).fit(X, y)
+    assert 3 in clf.classes_
+
+
+def test_no_validation_keeps_last_epoch(tiny_images):
+    X, y = tiny_images
+    clf = small_classifier(validation_fraction=0.0).fit(X, y)
+    assert clf.best_score_ is None
+    assert clf.best_epoch_ == clf.n_iter_ == 2
+    assert clf.history_[-1]["val_accuracy"] is None
+
+
+def test_early_stopping_stops_after_patience(tiny_images):
+    X, y = tiny_images
+    # With tol=1, no epoch after the first can count as an improvement.
+    clf = small_classifier(
+        max_iter=10, early_stopping=True, n_iter_no_change=2, tol=1.0
+    ).fit(X, y)
+    assert clf.n_iter_ == 3
+
+
+def test_layer_lr_decay_rates_in_history(tiny_images):
+    X, y = tiny_images
+    clf = small_classifier(max_iter=1, lr=1e-2, layer_lr_decay=0.5).fit(X, y)
+    record = clf.history_[0]
+    for k, stage in enumerate(reversed(STAGES)):
+        assert record[f"lr_{stage}"] == pytest.approx(1e-2 * 0.5**k)
+
+
+def test_frozen_stages_are_unchanged_and_get_no_gradient(tiny_images):
+    X, y = tiny_images
+    clf = small_classifier(max_iter=1, weights=None)
+    before = small_classifier(max_iter=1, layer_lr_decay=0.0).fit(X, y)  # only fc
+    initial = {k: v.clone() for k, v in before.module_.state_dict().items()}
+    clf = small_classifier(
+        max_iter=2, layer_lr_decay={"stem": 0, "layer1": 0, "layer2": 0}
+    ).fit(X, y)
+    # Same seed, same initial weights: the frozen stages must match exactly,
+    # batch-norm statistics included; the trained ones must not.
+    state = clf.module_.state_dict()
+    for key, value in state.items():
+        stage = key.split(".")[0]
+        if stage in ("conv1", "bn1", "layer1", "layer2"):
+            assert torch.equal(value, initial[key]), key
+            if key in dict(clf.module_.named_parameters()):
+                assert dict(clf.module_.named_parameters())[key].grad is None, key
+    assert not torch.equal(state["layer3.0.conv1.weight"], initial["layer3.0.conv1.weight"])
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    from resnetclf._param_groups import StageParamGroups
+
+    model = torchvision.models.resnet18(num_classes=3)
+    groups = StageParamGroups(model, dict.fromkeys(STAGES, 0.1), weight_decay=0.5)
+    for group in groups.groups:
+        dims = {p.ndim for p in group["params"]}
+        assert group["weight_decay"] == (0.5 if dims == {4} or dims == {2} else 0.0)
+    n_params = sum(len(g["params"]) for g in groups.groups)
+    assert n_params == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "plateau"])
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_optimizers_and_schedules_train(tiny_images, schedule, optimizer):
+    X, y = tiny_images
+    clf = small_classifier(
+        max_iter=2, lr_schedule=schedule, optimizer=optimizer, warmup_epochs=1
+    ).fit(X, y)
+    assert clf.n_iter_ == 2
+    # Warm-up: the first epoch runs at half the rate, all stages alike.
+    first, second = clf.history_
+    assert first["lr_fc"] == pytest.approx(second["lr_fc"] / 2)
+    assert first["lr_layer4"] / first["lr_fc"] == pytest.approx(0.5)
+
+
+def test_warm_start_continues(tiny_images):
+    X, y = tiny_images
+    clf = small_classifier(warm_start=True).fit(X, y)
+    module = clf.module_
+    clf.fit(X, y)
+    assert clf.n_iter_ == 4
+    assert [r["epoch"] for r in clf.history_] == [1, 2, 3, 4]
+    assert clf.module_ is module
+
+
+def test_verbose_prints_one_line_per_epoch(tiny_images, capsys, monkeypatch):
+    import resnetclf._progress as progress
+
+    monkeypatch.setattr(progress, "_import_tqdm", lambda: None)
+    X, y = tiny_images
+    small_classifier(verbose=1).fit(X, y)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert len(lines) == 2
+    assert lines[0].startswith("epoch 1") and "val_accuracy" in lines[0]
+    small_classifier(verbose=0).fit(X, y)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_pickle_round_trip_before_and_after_fit(fitted):
+    clf, X, _, _ = fitted
+    unfitted = joblib.load(_dumped(clone(clf)))
+    assert unfitted.get_params() == clone(clf).get_params()
+    buffer = _dumped(clf)
+    state = clf.__getstate__()
+    assert "module_" not in state
+    assert all(t.device.type == "cpu" for t in state["_module_state"].values())
+    reloaded = joblib.load(buffer)
+    np.testing.assert_array_equal(reloaded.predict_proba(X), clf.predict_proba(X))
+
+
+def _dumped(obj) -> io.BytesIO:
+    buffer = io.BytesIO()
+    joblib.dump(obj, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_pipeline_grid_search_and_cross_val_score(tiny_images):
+    X, y = tiny_images
+    pipe = Pipeline(
+        [
+            ("flatten", FunctionTransformer(lambda a: a.reshape(len(a), -1))),
+            ("clf", small_classifier(max_iter=1, image_shape=(12, 20))),
+        ]
+    )
+    scores = cross_val_score(pipe, X, y, cv=2, n_jobs=2)
+    assert scores.shape == (2,) and np.all((0 <= scores) & (scores <= 1))
+    search = GridSearchCV(
+        small_classifier(max_iter=1),
+        {"lr": [1e-3, 1e-2], "layer_lr_decay": [0.0, 0.5]},
+        cv=2,
+    ).fit(X, y)
+    assert search.best_params_["lr"] in (1e-3, 1e-2)
+    assert search.best_estimator_.predict(X).shape == (48,)
+
+
+def test_learns_real_digits():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits(n_class=4)
+    X = (digits.images * (255 / 16)).astype(np.uint8)
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, digits.target, test_size=0.3, stratify=digits.target, random_state=0
+    )
+    clf = small_classifier(max_iter=3, batch_size=32, lr=3e-3, rotation_degrees=5)
+    clf.fit(X_train, y_train)
+    assert clf.score(X_test, y_test) > 0.8
