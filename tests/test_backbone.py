@@ -1,0 +1,177 @@
+"""Building ResNets: names, weights sources, grayscale stem, offline errors."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from conftest import small_classifier
+from resnetclf import WeightsUnavailableError
+from resnetclf._backbone import (
+    RESNET_ARCHS,
+    build_resnet,
+    resolve_weights,
+    to_torchvision_layout,
+)
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """An empty torchvision cache and a network that refuses every download."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable (test)")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    return tmp_path / "torch_home" / "hub" / "checkpoints"
+
+
+def _resnet18_state(num_classes=1000, seed=0):
+    torch.manual_seed(seed)
+    return torchvision.models.resnet18(num_classes=num_classes).state_dict()
+
+
+def test_every_listed_arch_builds():
+    for arch in RESNET_ARCHS:
+        with torch.device("meta"):
+            model = build_resnet(arch, None, n_classes=5, in_channels=1)
+        assert model.fc.out_features == 5 and model.conv1.in_channels == 1
+
+
+def test_unknown_arch_lists_valid_names(tiny_images):
+    X, y = tiny_images
+    with pytest.raises(ValueError, match="resnet18.*resnet50"):
+        small_classifier(arch="vgg16").fit(X, y)
+
+
+def test_weights_name_that_arch_lacks():
+    with pytest.raises(ValueError, match="IMAGENET1K_V1"):
+        resolve_weights("resnet18", "IMAGENET1K_V2")  # resnet18 has only V1
+
+
+def test_weights_enum_of_another_arch():
+    with pytest.raises(ValueError, match="another architecture"):
+        resolve_weights("resnet18", torchvision.models.ResNet50_Weights.DEFAULT)
+
+
+def test_missing_weights_file_names_the_path(tmp_path):
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        resolve_weights("resnet18", str(missing))
+
+
+def test_offline_pretrained_weights_fail_fast_with_guidance(
+    tiny_images, offline_cache
+):
+    X, y = tiny_images
+    clf = small_classifier(weights="DEFAULT", verbose=1)
+    with pytest.raises(WeightsUnavailableError) as info:
+        clf.fit(X, y)
+    message = str(info.value)
+    assert "weights=None" in message
+    assert str(offline_cache / "resnet18-f37072fd.pth") in message
+    assert not hasattr(clf, "history_")  # nothing was trained
+
+
+def test_pretrained_weights_from_filled_cache(tiny_images, offline_cache):
+    X, y = tiny_images
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    offline_cache.mkdir(parents=True)
+    state = _resnet18_state()
+    torch.save(state, offline_cache / os.path.basename(url))
+    # Frozen backbone: after fit it must still be exactly the cached weights.
+    clf = small_classifier(weights="DEFAULT", max_iter=1, layer_lr_decay=0.0)
+    clf.fit(X, y)
+    fitted = clf.module_.state_dict()
+    assert torch.equal(fitted["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
+    assert torch.equal(
+        fitted["conv1.weight"], state["conv1.weight"].sum(dim=1, keepdim=True)
+    )
+    assert fitted["fc.weight"].shape == (3, 512)
+
+
+def test_weights_from_a_state_dict_file(tmp_path, tiny_images):
+    X, y = tiny_images
+    path = tmp_path / "backbone.pth"
+    state = _resnet18_state()
+    torch.save(state, path)
+    clf = small_classifier(weights=path, max_iter=1, layer_lr_decay=0.0).fit(X, y)
+    assert torch.equal(
+        clf.module_.state_dict()["layer4.1.bn2.running_var"],
+        state["layer4.1.bn2.running_var"],
+    )
+
+
+def test_a_checkpoint_resumes_as_weights(fitted, tiny_images):
+    clf, X, y, path = fitted
+    resumed = small_classifier(
+        weights=str(path), max_iter=1, lr=1e-12, layer_lr_decay=0.0
+    )
+    resumed.fit(X[:36], y[:36], X_val=X[36:], y_val=y[36:])
+    # Head kept (same class count) and next to nothing trained: the same model.
+    np.testing.assert_allclose(
+        resumed.predict_proba(X), clf.predict_proba(X), atol=1e-5
+    )
+
+
+def test_mismatched_state_dict_names_the_keys(tmp_path, tiny_images):
+    X, y = tiny_images
+    state = _resnet18_state()
+    del state["layer2.0.conv1.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    state["layer3.0.bn1.weight"] = torch.zeros(7)
+    path = tmp_path / "wrong.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError) as info:
+        small_classifier(weights=path).fit(X, y)
+    message = str(info.value)
+    assert "layer2.0.conv1.weight" in message
+    assert "extra.weight" in message
+    assert "layer3.0.bn1.weight" in message
+
+
+def test_resnet50_weights_do_not_fit_resnet18(tmp_path, tiny_images):
+    X, y = tiny_images
+    state = torchvision.models.resnet50(num_classes=10).state_dict()
+    path = tmp_path / "r50.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="do not fit arch='resnet18'"):
+        small_classifier(weights=path).fit(X, y)
+
+
+def test_folded_stem_equals_repeated_channel():
+    torch.manual_seed(0)
+    rgb = build_resnet("resnet18", None, n_classes=4, in_channels=3).eval()
+    gray = build_resnet("resnet18", None, n_classes=4, in_channels=1).eval()
+    state = rgb.state_dict()
+    state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)
+    gray.load_state_dict(state)
+    images = torch.randn(2, 1, 24, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            gray(images), rgb(images.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-4
+        )
+    # And back: the torchvision-layout copy reproduces the folded model.
+    unfolded = build_resnet("resnet18", None, n_classes=4, in_channels=3).eval()
+    unfolded.load_state_dict(to_torchvision_layout(gray))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            unfolded(images.repeat(1, 3, 1, 1)), gray(images), rtol=1e-4, atol=1e-4
+        )
+
+
+def test_one_channel_file_loads_into_grayscale_model(tmp_path, tiny_images):
+    X, y = tiny_images
+    state = _resnet18_state()
+    state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)
+    path = Path(tmp_path) / "gray.pth"
+    torch.save(state, path)
+    clf = small_classifier(weights=path, max_iter=1, layer_lr_decay=0.0).fit(X, y)
+    torch.testing.assert_close(clf.module_.conv1.weight, state["conv1.weight"])
