@@ -25,6 +25,7 @@ __all__ = [
     "model_input_channels",
     "random_rotate",
     "resolve_normalization",
+    "rotate",
 ]
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -196,15 +197,19 @@ def model_input_channels(input_channels: int, mean, std) -> int:
 def random_rotate(
     images: torch.Tensor, max_degrees: float, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """Rotate each image by its own angle drawn uniformly in [-max, max] degrees.
+    """Rotate each image by its own angle drawn uniformly in [-max, max] degrees."""
+    angles = torch.rand(len(images), device=images.device, generator=generator)
+    return rotate(images, (angles * 2 - 1) * math.radians(max_degrees))
+
+
+def rotate(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate each image of an NCHW batch by its angle (radians) about its centre.
 
     One ``affine_grid`` + ``grid_sample`` for the whole batch; corners are filled
     with 0, as torchvision's ``RandomRotation`` does. The matrix is corrected for
     the aspect ratio, since the grid's coordinates run over [-1, 1] on both axes.
     """
-    n, _, height, width = images.shape
-    angles = torch.rand(n, device=images.device, generator=generator)
-    angles = (angles * 2 - 1) * math.radians(max_degrees)
+    height, width = images.shape[-2:]
     cos, sin = torch.cos(angles), torch.sin(angles)
     zeros = torch.zeros_like(cos)
     theta = torch.stack(
