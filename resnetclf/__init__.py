@@ -1,4 +1,4 @@
-"""Fine-tune pretrained torchvision ResNets on numpy image arrays, the scikit-learn way."""
+"""Fine-tune pretrained torchvision ResNets on numpy image arrays, sklearn-style."""
 
 from resnetclf._backbone import WeightsUnavailableError
 from resnetclf._estimator import ResNetFineTuneClassifier

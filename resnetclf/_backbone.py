@@ -43,9 +43,7 @@ class WeightsUnavailableError(RuntimeError):
 def check_arch(arch) -> str:
     """Return ``arch`` if torchvision builds it as a ResNet, else raise ValueError."""
     if arch not in RESNET_ARCHS:
-        raise ValueError(
-            f"arch must be one of {', '.join(RESNET_ARCHS)}; got {arch!r}"
-        )
+        raise ValueError(f"arch must be one of {', '.join(RESNET_ARCHS)}; got {arch!r}")
     return arch
 
 
@@ -187,9 +185,7 @@ def _adapt_state_dict(
             if keys:
                 shown = ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else "")
                 parts.append(f"{len(keys)} {label}: {shown}")
-        raise ValueError(
-            f"the weights do not fit arch={arch!r}: " + "; ".join(parts)
-        )
+        raise ValueError(f"the weights do not fit arch={arch!r}: " + "; ".join(parts))
     for key, value in expected.items():
         state_dict.setdefault(key, value)
     return state_dict

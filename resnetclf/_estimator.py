@@ -406,9 +406,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             check_consistent_length(X_val, y_val)
             unseen = np.setdiff1d(y_val, classes)
             if len(unseen):
-                raise ValueError(
-                    f"y_val has labels not in y: {unseen[:10].tolist()}"
-                )
+                raise ValueError(f"y_val has labels not in y: {unseen[:10].tolist()}")
             val_images = ImageBatches(
                 X_val, val_layout, device, mean, std, model_channels
             )
@@ -542,7 +540,9 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         amp_dtype = amp_dtype_for(device, self.precision)
         return predict_logits(model, model, images, self.batch_size, amp_dtype)
 
-    def _validate_images(self, X, name: str, expected) -> tuple[np.ndarray, ImageLayout]:
+    def _validate_images(
+        self, X, name: str, expected
+    ) -> tuple[np.ndarray, ImageLayout]:
         X = check_array(X, allow_nd=True, dtype="numeric", input_name=name)
         layout = infer_layout(X.shape, self.image_shape_ if X.ndim == 2 else None)
         if layout.image_shape != tuple(expected):
@@ -602,6 +602,4 @@ def _check_writable(path) -> None:
         with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as exc:
-        raise ValueError(
-            f"checkpoint_path '{path}' is not writable: {exc}"
-        ) from exc
+        raise ValueError(f"checkpoint_path '{path}' is not writable: {exc}") from exc

@@ -121,9 +121,7 @@ def _flat_layout(n_features: int, image_shape) -> ImageLayout:
         )
     height, width, channels = (*image_shape, 1)[:3]
     if channels not in (1, 3):
-        raise ValueError(
-            f"image_shape must have 1 or 3 channels; got {image_shape!r}"
-        )
+        raise ValueError(f"image_shape must have 1 or 3 channels; got {image_shape!r}")
     if height * width * channels != n_features:
         raise ValueError(
             f"image_shape={tuple(image_shape)!r} holds {height * width * channels}"
@@ -134,9 +132,7 @@ def _flat_layout(n_features: int, image_shape) -> ImageLayout:
 
 def _check_size(height: int, width: int) -> None:
     if height < 1 or width < 1:
-        raise ValueError(
-            f"images must be at least 1x1 pixels; got {height}x{width}"
-        )
+        raise ValueError(f"images must be at least 1x1 pixels; got {height}x{width}")
 
 
 def resolve_normalization(normalization) -> tuple[tuple[float, ...], ...]:
@@ -162,8 +158,7 @@ def resolve_normalization(normalization) -> tuple[tuple[float, ...], ...]:
         math.isfinite(s) and s > 0 for s in std
     ):
         raise ValueError(
-            "normalization needs finite means and stds > 0; "
-            f"got mean={mean}, std={std}"
+            f"normalization needs finite means and stds > 0; got mean={mean}, std={std}"
         )
     return mean, std
 

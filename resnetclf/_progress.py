@@ -62,7 +62,11 @@ class ProgressReporter:
         line = format_epoch(record)
         if self._epoch_bar is not None:
             self._epoch_bar.set_postfix(
-                {k: f"{record[k]:.4f}" for k in _POSTFIX_KEYS if record.get(k) is not None}
+                {
+                    k: f"{record[k]:.4f}"
+                    for k in _POSTFIX_KEYS
+                    if record.get(k) is not None
+                }
             )
             self._epoch_bar.update(1)
             self._tqdm.write(line, file=sys.stdout)

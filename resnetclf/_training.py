@@ -123,9 +123,7 @@ class BestWeights:
         if not score > self.score:
             return False
         self.score, self.epoch = score, epoch
-        self.state_dict = {
-            k: v.detach().clone() for k, v in model.state_dict().items()
-        }
+        self.state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if self.checkpoint_path is not None:
             try:
                 save_state_dict_atomic(
@@ -134,8 +132,7 @@ class BestWeights:
             except OSError as exc:
                 # The weights are safe in memory; a failed write must not end fit.
                 warnings.warn(
-                    f"could not write the checkpoint '{self.checkpoint_path}': "
-                    f"{exc}",
+                    f"could not write the checkpoint '{self.checkpoint_path}': {exc}",
                     RuntimeWarning,
                     stacklevel=2,
                 )
@@ -192,8 +189,8 @@ class EpochLoop:
                     self.reporter.end_epoch(record)
                     continue
                 self.best.consider(epoch, score, self.model)
-                no_improvement = 0 if score > best_for_stopping + self.tol else (
-                    no_improvement + 1
+                no_improvement = (
+                    0 if score > best_for_stopping + self.tol else (no_improvement + 1)
                 )
                 best_for_stopping = max(best_for_stopping, score)
                 self.schedule.step(score)
@@ -244,9 +241,7 @@ class EpochLoop:
         with _explain_out_of_memory(self.batch_size):
             for batch in batch_slices(len(order), self.batch_size, training=True):
                 indices = order[batch]
-                inputs = data.images.get(
-                    indices, self.rotation_degrees, self.generator
-                )
+                inputs = data.images.get(indices, self.rotation_degrees, self.generator)
                 targets = data.targets(indices, device)
                 loss, logits = self.train_step(inputs, targets)
                 # Sums stay on the device: no host sync per batch.

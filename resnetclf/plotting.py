@@ -62,8 +62,13 @@ def plot_history(estimator_or_history, axes=None, title: str | None = None):
             if all(v is None for v in values):
                 continue
             label = "training" if split == "train" else "validation"
-            ax.plot(epochs, [float("nan") if v is None else v for v in values],
-                    style, markersize=3, label=label)
+            ax.plot(
+                epochs,
+                [float("nan") if v is None else v for v in values],
+                style,
+                markersize=3,
+                label=label,
+            )
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

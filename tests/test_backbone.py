@@ -67,9 +67,7 @@ def test_missing_weights_file_names_the_path(tmp_path):
         resolve_weights("resnet18", str(missing))
 
 
-def test_offline_pretrained_weights_fail_fast_with_guidance(
-    tiny_images, offline_cache
-):
+def test_offline_pretrained_weights_fail_fast_with_guidance(tiny_images, offline_cache):
     X, y = tiny_images
     clf = small_classifier(weights="DEFAULT", verbose=1)
     with pytest.raises(WeightsUnavailableError) as info:

@@ -111,8 +111,12 @@ def test_rgb_images(tiny_images, channels_last):
     clf = small_classifier(max_iter=1, normalization="imagenet").fit(rgb, y)
     assert clf.image_shape_ == (12, 20, 3)
     assert clf.module_.conv1.in_channels == 3
-    other = rgb.transpose(0, 2, 3, 1) if not channels_last else rgb.transpose(0, 3, 1, 2)
-    np.testing.assert_allclose(clf.predict_proba(other), clf.predict_proba(rgb), atol=1e-6)
+    other = (
+        rgb.transpose(0, 2, 3, 1) if not channels_last else rgb.transpose(0, 3, 1, 2)
+    )
+    np.testing.assert_allclose(
+        clf.predict_proba(other), clf.predict_proba(rgb), atol=1e-6
+    )
 
 
 def test_grayscale_with_imagenet_stats_repeats_channels(tiny_images):
@@ -213,7 +217,9 @@ def test_frozen_stages_are_unchanged_and_get_no_gradient(tiny_images):
             assert torch.equal(value, initial[key]), key
             if key in dict(clf.module_.named_parameters()):
                 assert dict(clf.module_.named_parameters())[key].grad is None, key
-    assert not torch.equal(state["layer3.0.conv1.weight"], initial["layer3.0.conv1.weight"])
+    assert not torch.equal(
+        state["layer3.0.conv1.weight"], initial["layer3.0.conv1.weight"]
+    )
 
 
 def test_no_weight_decay_on_norms_and_biases():

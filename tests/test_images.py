@@ -115,5 +115,7 @@ def test_training_batches_never_hold_one_sample():
     slices = batch_slices(33, 16, training=True)
     assert [s.stop - s.start for s in slices] == [16, 17]
     assert [s.stop - s.start for s in batch_slices(33, 16, training=False)] == [
-        16, 16, 1
+        16,
+        16,
+        1,
     ]

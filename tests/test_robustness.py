@@ -102,9 +102,14 @@ def test_validation_data_inconsistent(no_training):
         ({"layer_lr_decay": 1.5}, "layer_lr_decay"),
         ({"layer_lr_decay": {"layer5": 0.1}}, "unknown stage names"),
         ({"layer_lr_decay": {"fc": -1.0}}, "layer_lr_decay"),
-        ({"layer_lr_decay": {s: 0 for s in ("stem", "layer1", "layer2",
-                                            "layer3", "layer4", "fc")}},
-         "freezes every stage"),
+        (
+            {
+                "layer_lr_decay": {
+                    s: 0 for s in ("stem", "layer1", "layer2", "layer3", "layer4", "fc")
+                }
+            },
+            "freezes every stage",
+        ),
         ({"weights": "IMAGENET1K_V9"}, "not a weights name"),
         ({"weights": 3}, "weights"),
         ({"normalization": (0.5, 0.0)}, "std"),
