@@ -544,7 +544,8 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         self, X, name: str, expected
     ) -> tuple[np.ndarray, ImageLayout]:
         X = check_array(X, allow_nd=True, dtype="numeric", input_name=name)
-        layout = infer_layout(X.shape, self.image_shape_ if X.ndim == 2 else None)
+        # Flattened rows are read with the image shape they must match.
+        layout = infer_layout(X.shape, expected if X.ndim == 2 else None)
         if layout.image_shape != tuple(expected):
             raise ValueError(
                 f"{name} has images of shape {layout.image_shape} (height, width, "

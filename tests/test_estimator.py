@@ -97,6 +97,10 @@ def test_flat_input_with_image_shape_matches_images(tiny_images):
         X.reshape(48, -1), y
     )
     assert from_rows.image_shape_ == (12, 20, 1)
+    # Validation rows are read with the same image shape.
+    small_classifier(max_iter=1, image_shape=(12, 20)).fit(
+        X.reshape(48, -1), y, X_val=X.reshape(48, -1)[:6], y_val=y[:6]
+    )
     np.testing.assert_allclose(
         from_rows.predict_proba(X), from_images.predict_proba(X), atol=1e-6
     )
