@@ -286,12 +286,13 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, height, width), (n_samples, height,
-                width, channels), (n_samples, channels, height, width) or
-                (n_samples, n_features)
-            Images with 1 or 3 channels. uint8 values are scaled by 1/255;
-            other dtypes are taken as already in [0, 1]. 2-D rows are read
-            with ``image_shape``.
+        X : array-like of images
+            Shape ``(n_samples, height, width)`` (grayscale),
+            ``(n_samples, height, width, channels)``,
+            ``(n_samples, channels, height, width)`` with 1 or 3 channels, or
+            ``(n_samples, n_features)`` rows read with ``image_shape``. uint8
+            values are scaled by 1/255; other dtypes are taken as already in
+            [0, 1].
         y : array-like of shape (n_samples,)
             Class labels (ints, strings, ...).
         X_val, y_val : array-like, default=None
