@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -133,6 +134,11 @@ def _read_weights(weights: WeightsEnum | Path) -> dict[str, torch.Tensor]:
             check_hash=True,
             weights_only=True,
         )
+    except pickle.UnpicklingError as exc:
+        raise WeightsUnavailableError(
+            f"the cached weights file '{cache_file}' is corrupt ({exc}); delete it "
+            "to download it again, or pass weights=None or a local file"
+        ) from exc
     except (OSError, RuntimeError) as exc:
         raise WeightsUnavailableError(
             f"could not download the pretrained weights {weights} from "

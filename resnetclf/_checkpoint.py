@@ -58,17 +58,15 @@ def load_state_dict_file(path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"refusing to load '{path}': it holds objects other than tensors and "
-            "plain containers, which could run code when unpickled "
-            f"(torch.load(weights_only=True) said: {str(exc).splitlines()[0]})"
-        ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(
-            f"could not read '{path}' as a torch state dict; the file may be "
-            f"truncated or in another format ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from exc
+        if "weights only" in str(exc).lower() and "global" in str(exc).lower():
+            raise ValueError(
+                f"refusing to load '{path}': it holds objects other than tensors "
+                "and plain containers, which could run code when unpickled "
+                f"(torch.load(weights_only=True) said: {_first_line(exc)})"
+            ) from exc
+        raise ValueError(_unreadable(path, exc)) from exc
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as exc:
+        raise ValueError(_unreadable(path, exc)) from exc
     # Accept checkpoints that wrap the weights, as many training scripts do.
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
@@ -81,3 +79,15 @@ def load_state_dict_file(path) -> dict[str, torch.Tensor]:
             f"to tensors); found {type(loaded).__name__}"
         )
     return dict(loaded)
+
+
+def _unreadable(path: Path, exc: BaseException) -> str:
+    return (
+        f"could not read '{path}' as a torch state dict; the file may be "
+        f"truncated or in another format ({type(exc).__name__}: {_first_line(exc)})"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""

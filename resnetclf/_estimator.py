@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
@@ -135,7 +136,8 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         and the ``"plateau"`` schedule.
     checkpoint_path : str or path, default=None
         Where to write the best weights whenever the validation accuracy
-        improves (the report's ``resnet-step.pth``). Written atomically in
+        improves (the report's ``resnet-step.pth``; without validation data,
+        after every epoch). Written atomically in
         torchvision's layout: ``torchvision.models.<arch>(num_classes=n)``
         loads it as it is.
     device : str or torch.device, default="auto"
@@ -296,8 +298,10 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         y : array-like of shape (n_samples,)
             Class labels (ints, strings, ...).
         X_val, y_val : array-like, default=None
-            Validation data in the layout of ``X``. When given, nothing is held
-            out of ``X`` and the best epoch is the one most accurate on them.
+            Validation images of the same size and channel count as ``X`` (in
+            any accepted layout) and their labels, all seen in ``y``. When
+            given, nothing is held out of ``X`` and the best epoch is the one
+            most accurate on them.
 
         Returns
         -------
@@ -313,6 +317,38 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         if (X_val is None) != (y_val is None):
             raise ValueError("X_val and y_val must be passed together")
 
+        # validate_data sets n_features_in_ at once; a refused fit restores it.
+        with _restored_on_error(self, ("n_features_in_", "feature_names_in_")):
+            prepared = self._prepare_fit(X, y, X_val, y_val, warm, mean, std, device)
+        train, val, classes, layout, stage_lrs, weights, rng = prepared
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+
+        # All checks passed: from here on, work is done.
+        model = self._initial_module(
+            warm, weights, len(classes), train.images.model_channels, seed, device
+        )
+        self.classes_ = classes
+        self.image_shape_ = layout.image_shape
+        self._model_channels = train.images.model_channels
+        self._normalization_stats = (mean, std)
+
+        loop = self._epoch_loop(
+            model, stage_lrs, device, amp_dtype, rng, seed, val is not None, train
+        )
+        loop.run(train, val, self.max_iter)
+        loop.best.restore(model)
+        self.module_ = model
+        self.device_ = device
+        self.history_ = loop.history
+        self.n_iter_ = len(loop.history)
+        self.best_epoch_ = loop.best.epoch
+        self.best_score_ = (
+            float(loop.best.score) if loop.best.state_dict is not None else None
+        )
+        return self
+
+    def _prepare_fit(self, X, y, X_val, y_val, warm, mean, std, device):
+        """Every check on data and parameters, before any work is done."""
         X, y, layout = self._validate_training_data(X, y, reset=not warm)
         classes, y_encoded = np.unique(y, return_inverse=True)
         if len(classes) < 2:
@@ -343,31 +379,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             )
         if self.checkpoint_path is not None:
             _check_writable(self.checkpoint_path)
-        seed = int(rng.randint(np.iinfo(np.int32).max))
-
-        # All checks passed: from here on, work is done.
-        model = self._initial_module(
-            warm, weights, len(classes), train.images.model_channels, seed, device
-        )
-        self.classes_ = classes
-        self.image_shape_ = layout.image_shape
-        self._model_channels = train.images.model_channels
-        self._normalization_stats = (mean, std)
-
-        loop = self._epoch_loop(
-            model, stage_lrs, device, amp_dtype, rng, seed, val is not None, train
-        )
-        loop.run(train, val, self.max_iter)
-        loop.best.restore(model)
-        self.module_ = model
-        self.device_ = device
-        self.history_ = loop.history
-        self.n_iter_ = len(loop.history)
-        self.best_epoch_ = loop.best.epoch
-        self.best_score_ = (
-            float(loop.best.score) if loop.best.state_dict is not None else None
-        )
-        return self
+        return train, val, classes, layout, stage_lrs, weights, rng
 
     def _validate_training_data(self, X, y, reset: bool):
         ndim = _ndim(X)
@@ -422,8 +434,9 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         )
         if len(unsplit):
             warnings.warn(
-                f"{len(unsplit)} class(es) have too few samples to hold one out "
-                f"for validation and stay whole in the training part: "
+                f"{len(unsplit)} class(es) got no validation sample (too few "
+                "samples for their share of validation_fraction) and stay whole "
+                "in the training part: "
                 f"{classes[unsplit][:10].tolist()}",
                 UserWarning,
                 stacklevel=3,
@@ -580,6 +593,18 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+@contextlib.contextmanager
+def _restored_on_error(estimator, names):
+    saved = {n: estimator.__dict__[n] for n in names if n in estimator.__dict__}
+    try:
+        yield
+    except BaseException:
+        for name in names:
+            estimator.__dict__.pop(name, None)
+        estimator.__dict__.update(saved)
+        raise
 
 
 def _ndim(X) -> int:

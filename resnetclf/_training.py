@@ -124,6 +124,11 @@ class BestWeights:
             return False
         self.score, self.epoch = score, epoch
         self.state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.write_checkpoint(model)
+        return True
+
+    def write_checkpoint(self, model: nn.Module) -> None:
+        """Write ``model`` to ``checkpoint_path``, if set; warn if that fails."""
         if self.checkpoint_path is not None:
             try:
                 save_state_dict_atomic(
@@ -134,9 +139,8 @@ class BestWeights:
                 warnings.warn(
                     f"could not write the checkpoint '{self.checkpoint_path}': {exc}",
                     RuntimeWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
-        return True
 
     def restore(self, model: nn.Module) -> None:
         if self.state_dict is not None:
@@ -184,7 +188,9 @@ class EpochLoop:
                 self.history.append(record)
                 score = record["val_accuracy"]
                 if score is None:
+                    # Without validation the last epoch is the one kept.
                     self.best.epoch = epoch
+                    self.best.write_checkpoint(self.model)
                     self.schedule.step(-record["train_loss"])
                     self.reporter.end_epoch(record)
                     continue

@@ -231,3 +231,31 @@ def test_checkpoint_write_failure_during_fit_warns_and_continues(
     with pytest.warns(RuntimeWarning, match="disk full"):
         clf.fit(X, y)
     assert clf.best_score_ is not None
+
+
+def test_refused_fit_leaves_the_estimator_unfitted(tiny_images):
+    X, y = tiny_images
+    clf = small_classifier()
+    with pytest.raises(ValueError):
+        clf.fit(X, np.zeros(len(X)))  # a single class, refused after validate_data
+    assert not hasattr(clf, "n_features_in_")
+    with pytest.raises(NotFittedError):
+        clf.predict(X)
+
+
+def test_unreadable_weights_files_name_the_path(tmp_path, tiny_images):
+    X, y = tiny_images
+    for name, content in [("text.pth", b"hello, weights"), ("noise.pth", b"\x00" * 64)]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=name):
+            small_classifier(weights=path).fit(X, y)
+
+
+def test_checkpoint_without_validation_holds_the_last_epoch(tiny_images, tmp_path):
+    X, y = tiny_images
+    path = tmp_path / "last.pth"
+    clf = small_classifier(validation_fraction=0.0, checkpoint_path=str(path))
+    clf.fit(X, y)
+    state = load_state_dict_file(path)
+    torch.testing.assert_close(state["fc.weight"], clf.module_.fc.weight.detach())
