@@ -14,10 +14,12 @@ run). Each candidate fine-tunes a ResNet18 (random weights by default) for a
 few epochs on every training fold, keeping the last epoch
 (``validation_fraction=0``), and is scored on the held-out fold; the best
 candidate is refitted on all the data. The script prints ``best_params_`` and
-a table of the candidates. From random weights a decay of 1 (one rate for all
-stages) tends to win, since the stem has everything to learn; with pretrained
-weights (``--weights DEFAULT``) smaller decays keep the early stages close to
-what they learned on ImageNet.
+a table of the candidates. From random weights every stage has everything to
+learn, so a decay of 1 (one rate for all stages) is the natural reference;
+with pretrained weights (``--weights DEFAULT``) smaller decays keep the early
+stages close to what they learned on ImageNet. Two epochs on a few hundred
+images only hint at the differences; raise ``--epochs`` and ``--n-samples``
+for a real comparison.
 
 Examples
 --------

@@ -64,6 +64,9 @@ A quick offline run on stand-in data (a few minutes on a 2-core CPU)::
     python examples/merged_dataset.py --arch resnet18 --weights none \\
         --epochs 3 --max-samples 600 --out runs/quick
 
+On a machine busy with other processes, ``--threads 1`` is often much faster
+(torch's threads then spend their time waiting for each other).
+
 The full recipe on the real files, best on a GPU (the defaults are the
 report's settings)::
 
@@ -453,12 +456,12 @@ def make_classifier(
     )
 
 
-def weights_hint() -> str:
+def weights_hint(weights: str) -> str:
     """How to go on without pretrained weights, in this script's flags."""
     return (
         "On this command line: --weights none (random initialisation), or "
         "--weights /path/to/state_dict.pth (a file in torchvision's layout), or "
-        "fill torchvision's cache as said above and rerun with --weights DEFAULT."
+        f"fill torchvision's cache as said above and rerun with --weights {weights}."
     )
 
 
@@ -593,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         clf.fit(X[split.train], y[split.train], X_val=X[split.val], y_val=y[split.val])
     except WeightsUnavailableError as exc:
-        print(f"error: {exc}\n{weights_hint()}", file=sys.stderr)
+        print(f"error: {exc}\n{weights_hint(args.weights)}", file=sys.stderr)
         return 2
     fit_seconds = time.perf_counter() - fit_start
 

@@ -28,6 +28,11 @@ def save_state_dict_atomic(state_dict: Mapping[str, torch.Tensor], path) -> Path
         prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
     )
     try:
+        # mkstemp creates the file private (0600); give it the mode a plain
+        # open() would, so the checkpoint is as readable as torch.save's.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as tmp_file:
             torch.save(cpu_state, tmp_file)
             tmp_file.flush()

@@ -114,3 +114,12 @@ def test_wrapped_state_dict_is_unwrapped(tmp_path):
     path = tmp_path / "wrapped.pth"
     torch.save({"state_dict": _state(3.0), "epoch": 4}, path)
     assert torch.equal(load_state_dict_file(path)["weight"], _state(3.0)["weight"])
+
+
+def test_checkpoint_mode_follows_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = save_state_dict_atomic(_state(1.0), tmp_path / "best.pth")
+    finally:
+        os.umask(previous)
+    assert os.stat(path).st_mode & 0o777 == 0o644
