@@ -1,0 +1,186 @@
+"""Smoke tests of benchmarks/bench_fit.py: it runs and writes complete JSON.
+
+No timing is asserted: the figures depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_fit.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_fit", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_fit", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+TOP_LEVEL_KEYS = {
+    "schema_version",
+    "config",
+    "measured",
+    "isolation",
+    "machine",
+    "total_seconds",
+    "fit",
+    "step",
+    "predict",
+    "memory",
+    "ratios",
+    "targets",
+}
+MACHINE_KEYS = {
+    "torch",
+    "torchvision",
+    "cpu_model",
+    "usable_cpus",
+    "torch_threads_default",
+    "worker_threads",
+    "device",
+    "loadavg_start",
+}
+SPEED_RATIO_KEYS = {
+    "fit_vs_report_loop",
+    "fit_vs_step_bound",
+    "step_folded_vs_plain",
+    "predict_vs_plain_prebuilt",
+    "predict_vs_plain_convert",
+}
+MEMORY_RATIO_KEYS = {
+    "fit_memory_overhead_vs_raw",
+    "predict_memory_overhead_vs_raw",
+    "fit_memory_overhead_vs_raw_default_malloc",
+    "predict_memory_overhead_vs_raw_default_malloc",
+}
+
+
+def test_quick_run_writes_all_figures(bench, tmp_path, capsys):
+    out = tmp_path / "quick.json"
+    returned = bench.main(
+        ["--quick", "--in-process", "--threads", "1", "--json", str(out)]
+    )
+    result = json.loads(out.read_text())
+    assert result == json.loads(json.dumps(returned))
+    assert TOP_LEVEL_KEYS <= set(result)
+    assert MACHINE_KEYS <= set(result["machine"])
+    assert result["machine"]["worker_threads"] == [1]
+    assert result["config"]["arch"] == "resnet18"
+    assert result["config"]["height"] == result["config"]["width"] == 16
+
+    for name in ("library", "report_loop"):
+        fit = result["fit"][name]
+        assert fit["images_per_second"] > 0
+        assert fit["images_per_cpu_second"] > 0
+        run = fit["runs"][0]
+        assert run["n_train"] + run["n_val"] == result["config"]["n_samples"]
+        assert len(run["epoch_seconds"]) == result["config"]["epochs"]
+        assert len(run["epoch_cpu_seconds"]) == result["config"]["epochs"]
+        assert run["memory"]["rss_peak_bytes"] > 0
+    for name in ("folded_channels_last", "plain_contiguous"):
+        assert result["step"][name]["images_per_second"] > 0
+        assert result["step"][name]["images_per_cpu_second"] > 0
+    for name in ("library", "plain_prebuilt", "plain_convert"):
+        assert result["predict"][name]["images_per_second"] > 0
+    assert result["predict"]["predictions_agree"] is True
+    memory = result["memory"]
+    assert memory["raw_bytes"] == memory["n_images"] * 16 * 16
+    # In one process the allocator cannot be switched: default malloc only.
+    assert memory["fixed_mmap_threshold"] is None
+    for name in ("fit", "predict"):
+        assert {"library", "plain", "overhead_bytes", "overhead_vs_raw"} <= set(
+            memory["default_malloc"][name]
+        )
+
+    ratios = result["ratios"]
+    assert set(ratios) == {"wall", "cpu", "memory"}
+    for clock in ("wall", "cpu"):
+        assert set(ratios[clock]) == SPEED_RATIO_KEYS
+        assert all(value is not None for value in ratios[clock].values())
+    assert set(ratios["memory"]) == MEMORY_RATIO_KEYS
+    assert all(value is not None for value in ratios["memory"].values())
+    statuses = {check["name"]: check["status"] for check in result["targets"]}
+    # 16x16 is not one of the issue's configurations: no fit verdicts.
+    assert statuses["fit_vs_report_loop"] == statuses["fit_vs_step_bound"] == "n/a"
+    assert {statuses[k] for k in statuses if "predict" in k or "memory" in k} <= {
+        "PASS",
+        "MISS",
+    }
+    table = capsys.readouterr().out
+    assert "fit library / report-style loop" in table
+    assert "predict library / plain (+convert)" in table
+
+
+def test_measurement_in_a_subprocess(bench, tmp_path):
+    out = tmp_path / "step.json"
+    bench.main(
+        [
+            "--quick",
+            "--measure",
+            "step",
+            "--step-iters",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
+    result = json.loads(out.read_text())
+    assert result["isolation"] == "subprocess per measurement"
+    assert result["fit"] is None and result["memory"] is None
+    assert result["step"]["folded_channels_last"]["images_per_second"] > 0
+    assert result["step"]["process"]["pid"] > 0
+    statuses = {check["name"]: check["status"] for check in result["targets"]}
+    assert statuses["predict_vs_plain_prebuilt"] == "not measured"
+
+
+@pytest.mark.parametrize(
+    ("arch", "height", "width", "batch_size", "expected"),
+    [
+        ("resnet18", 40, 168, 64, "PASS"),
+        ("resnet50", 40, 168, 64, "MISS"),  # 1.3 < 1.4
+        ("resnet18", 40, 168, 32, "n/a"),  # targets are for batch 64
+        ("resnet34", 40, 168, 64, "n/a"),  # no target for resnet34
+    ],
+)
+def test_fit_targets_apply_to_the_issue_configurations(
+    bench, arch, height, width, batch_size, expected
+):
+    config = bench.BenchConfig(
+        arch=arch,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        n_samples=64,
+        n_classes=4,
+        epochs=1,
+        device="cpu",
+        repeats=1,
+        step_iters=1,
+        predict_samples=8,
+        memory_samples=8,
+    )
+    ratios = {
+        "wall": {"fit_vs_report_loop": 1.3},
+        "cpu": {"fit_vs_report_loop": 1.5},
+        "memory": {"fit_memory_overhead_vs_raw": 0.5},
+    }
+    checks = {c["name"]: c for c in bench.check_targets(ratios, config)}
+    assert checks["fit_vs_report_loop"]["status"] == expected
+    assert checks["fit_vs_report_loop"]["basis"] == "wall"
+    assert checks["fit_memory_overhead_vs_raw"]["status"] == "PASS"
+    assert checks["predict_vs_plain_convert"]["status"] == "not measured"
+    # Judged on the CPU clock, resnet50's 1.5 meets its 1.4.
+    cpu_config = bench.BenchConfig.from_dict({**asdict(config), "clock": "cpu"})
+    cpu_checks = {c["name"]: c for c in bench.check_targets(ratios, cpu_config)}
+    assert cpu_checks["fit_vs_report_loop"]["status"] in {"PASS", "n/a"}
