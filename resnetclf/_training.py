@@ -87,15 +87,17 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits for every image, in order, as a float32 CPU tensor."""
     model.eval()
-    outputs = []
+    logits = None
     with _explain_out_of_memory(batch_size):
         for batch in batch_slices(len(images), batch_size, training=False):
             inputs = images.get(np.arange(batch.start, batch.stop))
             with autocast_context(images.device, amp_dtype):
-                outputs.append(forward(inputs).float())
-    if not outputs:
-        return torch.empty(0, 0)
-    return torch.cat(outputs).cpu()
+                output = forward(inputs).float()
+            if logits is None:
+                # One buffer for all outputs: no list of pieces to concatenate.
+                logits = torch.empty((len(images), output.shape[1]))
+            logits[batch] = output.cpu()
+    return logits if logits is not None else torch.empty(0, 0)
 
 
 class BestWeights:
