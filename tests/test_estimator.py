@@ -326,3 +326,13 @@ def test_learns_real_digits():
     clf = small_classifier(max_iter=3, batch_size=32, lr=3e-3, rotation_degrees=5)
     clf.fit(X_train, y_train)
     assert clf.score(X_test, y_test) > 0.8
+
+
+def test_verbose_progress_bars_with_tqdm(tiny_images, capsys):
+    pytest.importorskip("tqdm")
+    X, y = tiny_images
+    small_classifier(max_iter=1, verbose=2).fit(X, y)
+    captured = capsys.readouterr()
+    assert captured.out.startswith("epoch 1, train_loss=")  # the epoch line
+    assert "epochs" in captured.err  # the bar over epochs
+    assert "batch" in captured.err  # verbose=2: the bar over batches
