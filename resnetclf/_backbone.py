@@ -44,7 +44,10 @@ class WeightsUnavailableError(RuntimeError):
 def check_arch(arch) -> str:
     """Return ``arch`` if torchvision builds it as a ResNet, else raise ValueError."""
     if arch not in RESNET_ARCHS:
-        raise ValueError(f"arch must be one of {', '.join(RESNET_ARCHS)}; got {arch!r}")
+        raise ValueError(
+            f"arch must be one of {', '.join(RESNET_ARCHS)}; got {arch!r}. Other "
+            "torchvision models lack ResNet's conv1/layer1..4/fc layout."
+        )
     return arch
 
 
@@ -111,9 +114,12 @@ def to_torchvision_layout(model: nn.Module) -> dict[str, torch.Tensor]:
 
     A folded grayscale stem is spread back over three channels (each a third of
     the sum), which gives the same outputs on channel-repeated input, so the file
-    loads straight into ``torchvision.models.<arch>(num_classes=...)``.
+    loads straight into ``torchvision.models.<arch>(num_classes=...)``. The
+    tensors are on the CPU, so a file written on a GPU loads anywhere.
     """
-    state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state_dict = {
+        k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+    }
     conv1 = state_dict["conv1.weight"]
     if conv1.shape[1] == 1:
         state_dict["conv1.weight"] = conv1.repeat(1, 3, 1, 1) / 3

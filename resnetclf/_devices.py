@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
-__all__ = ["amp_dtype_for", "resolve_device"]
+__all__ = ["amp_dtype_for", "cudnn_autotuned", "resolve_device"]
 
 
 def resolve_device(device) -> torch.device:
@@ -52,3 +55,22 @@ def amp_dtype_for(device: torch.device, precision: str) -> torch.dtype | None:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     # On CPUs, bf16 autocast is slower than fp32 on most chips without AMX.
     return None
+
+
+@contextlib.contextmanager
+def cudnn_autotuned(device: torch.device) -> Iterator[None]:
+    """Let cuDNN time its convolution algorithms and keep the fastest per shape.
+
+    Training and prediction see a handful of input shapes (the batch, the last
+    batch), so the one-off timing pays for itself. The global flag is set back
+    afterwards; on other devices this does nothing.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous

@@ -24,11 +24,11 @@ from sklearn.utils.validation import (
 )
 
 from resnetclf._backbone import (
-    RESNET_ARCHS,
     build_resnet,
+    check_arch,
     resolve_weights,
 )
-from resnetclf._devices import amp_dtype_for, resolve_device
+from resnetclf._devices import amp_dtype_for, cudnn_autotuned, resolve_device
 from resnetclf._images import (
     ImageBatches,
     ImageLayout,
@@ -204,7 +204,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "arch": [StrOptions(set(RESNET_ARCHS))],
+        "arch": [str],  # names checked in check_arch, listed in a stable order
         "weights": "no_validation",  # checked against arch in resolve_weights
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -309,6 +309,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             The fitted estimator.
         """
         self._validate_params()
+        check_arch(self.arch)
         check_layer_lr_decay(self.layer_lr_decay)
         mean, std = resolve_normalization(self.normalization)
         device = resolve_device(self.device)
@@ -335,7 +336,8 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         loop = self._epoch_loop(
             model, stage_lrs, device, amp_dtype, rng, seed, val is not None, train
         )
-        loop.run(train, val, self.max_iter)
+        with cudnn_autotuned(device):
+            loop.run(train, val, self.max_iter)
         loop.best.restore(model)
         self.module_ = model
         self.device_ = device
@@ -552,7 +554,8 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         mean, std = self._normalization_stats
         images = ImageBatches(X, layout, device, mean, std, self._model_channels)
         amp_dtype = amp_dtype_for(device, self.precision)
-        return predict_logits(model, model, images, self.batch_size, amp_dtype)
+        with cudnn_autotuned(device):
+            return predict_logits(model, model, images, self.batch_size, amp_dtype)
 
     def _validate_images(
         self, X, name: str, expected

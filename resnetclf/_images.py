@@ -9,6 +9,7 @@ or a three-channel copy of the whole data set.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -237,6 +238,12 @@ class ImageBatches:
         (uint8 data is divided by 255; other dtypes are used as they are).
     model_channels : int
         1 for a folded grayscale stem, else 3.
+    resident : bool or None, default=None
+        Gather batches from one copy of ``X`` kept on ``device`` (made at the
+        first ``get``) rather than from host memory batch by batch. None: on
+        CUDA when ``X`` is C-contiguous, of a dtype torch reads without
+        conversion, and at most a quarter of the device's free memory; never
+        on the CPU, where the host array already is the device's.
     """
 
     def __init__(
@@ -247,6 +254,7 @@ class ImageBatches:
         mean: Sequence[float],
         std: Sequence[float],
         model_channels: int,
+        resident: bool | None = None,
     ) -> None:
         self.X = X
         self.layout = layout
@@ -259,6 +267,8 @@ class ImageBatches:
         self._inv_std = (1.0 / std_t).view(1, channels, 1, 1)
         self._shift = (-mean_t / std_t).view(1, channels, 1, 1)
         self._pin = device.type == "cuda"
+        self._resident_wanted = resident
+        self._resident: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.X)
@@ -270,13 +280,7 @@ class ImageBatches:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Images ``indices`` as a float32, normalised, channels-last NCHW tensor."""
-        raw = np.take(self.X, indices, axis=0)
-        if raw.dtype not in _TORCH_NATIVE_DTYPES:
-            raw = raw.astype(np.float32)
-        batch = torch.from_numpy(raw)
-        if self._pin:
-            batch = batch.pin_memory()
-        batch = batch.to(self.device, non_blocking=True)
+        batch = self._gather(indices)
         layout = self.layout
         if layout.channels_last:
             # A permuted NHWC block is already NCHW in channels_last memory.
@@ -297,3 +301,57 @@ class ImageBatches:
             batch = batch.expand(-1, self.model_channels, -1, -1)
         batch = batch * (self._inv_std * scale) + self._shift
         return batch.contiguous(memory_format=torch.channels_last)
+
+    @property
+    def is_resident(self) -> bool:
+        """Whether batches come from a copy of ``X`` on the device."""
+        return self._resident_source() is not None
+
+    def _gather(self, indices: np.ndarray) -> torch.Tensor:
+        """The raw samples ``indices``, in ``X``'s dtype, on the device."""
+        source = self._resident_source()
+        if source is not None:
+            index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+            return source.index_select(0, index.to(self.device, non_blocking=True))
+        raw = np.take(self.X, indices, axis=0)
+        if raw.dtype not in _TORCH_NATIVE_DTYPES:
+            raw = raw.astype(np.float32)
+        batch = torch.from_numpy(raw)
+        if self._pin:
+            # Pinned pages let the copy overlap the work queued before it.
+            batch = batch.pin_memory()
+        return batch.to(self.device, non_blocking=True)
+
+    def _resident_source(self) -> torch.Tensor | None:
+        if self._resident is None and self._resident_wanted is not False:
+            if self._resident_wanted or _fits_on_device(self.X, self.device):
+                self._resident = _as_tensor_on(self.X, self.device)
+            else:
+                self._resident_wanted = False
+        return self._resident
+
+
+# Share of a CUDA device's free memory a resident copy of the data may take; the
+# rest is left to the model, its activations and the optimizer.
+_RESIDENT_MEMORY_SHARE = 0.25
+
+
+def _fits_on_device(X: np.ndarray, device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    if X.dtype not in _TORCH_NATIVE_DTYPES or not X.flags.c_contiguous:
+        return False
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    return X.nbytes <= _RESIDENT_MEMORY_SHARE * free_bytes
+
+
+def _as_tensor_on(X: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``X`` as a tensor on ``device``: a view of the array on the CPU (never
+    written to), one bulk copy on an accelerator."""
+    if X.dtype not in _TORCH_NATIVE_DTYPES:
+        raise TypeError(f"resident batches need a dtype torch reads; got {X.dtype}")
+    with warnings.catch_warnings():
+        # A read-only array (a memmap, say) is fine: it is only ever read.
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        tensor = torch.from_numpy(np.ascontiguousarray(X))
+    return tensor.to(device)

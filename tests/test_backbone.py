@@ -47,8 +47,17 @@ def test_every_listed_arch_builds():
 
 def test_unknown_arch_lists_valid_names(tiny_images):
     X, y = tiny_images
-    with pytest.raises(ValueError, match="resnet18.*resnet50"):
+    with pytest.raises(ValueError, match="arch must be one of") as raised:
         small_classifier(arch="vgg16").fit(X, y)
+    message = str(raised.value)
+    assert "'vgg16'" in message
+    assert all(name in message for name in RESNET_ARCHS)
+
+
+def test_arch_of_wrong_type_is_refused(tiny_images):
+    X, y = tiny_images
+    with pytest.raises(TypeError, match="arch"):
+        small_classifier(arch=18).fit(X, y)
 
 
 def test_weights_name_that_arch_lacks():

@@ -15,6 +15,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from conftest import small_classifier
+from resnetclf._devices import cudnn_autotuned
 from resnetclf._param_groups import STAGES
 
 
@@ -336,3 +337,25 @@ def test_verbose_progress_bars_with_tqdm(tiny_images, capsys):
     assert captured.out.startswith("epoch 1, train_loss=")  # the epoch line
     assert "epochs" in captured.err  # the bar over epochs
     assert "batch" in captured.err  # verbose=2: the bar over batches
+
+
+def test_torch_compile_wraps_the_training_forward(tiny_images, monkeypatch):
+    # The real compile runs in test_cuda.py; here only that fit asks for it.
+    compiled = []
+
+    def record_compile(model, *args, **kwargs):
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(torch, "compile", record_compile)
+    X, y = tiny_images
+    clf = small_classifier(torch_compile=True, max_iter=1).fit(X, y)
+    assert compiled == [clf.module_]
+    small_classifier(max_iter=1).fit(X, y)
+    assert len(compiled) == 1
+
+
+def test_cudnn_autotuning_leaves_the_cpu_alone():
+    before = torch.backends.cudnn.benchmark
+    with cudnn_autotuned(torch.device("cpu")):
+        assert torch.backends.cudnn.benchmark == before

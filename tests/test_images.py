@@ -119,3 +119,43 @@ def test_training_batches_never_hold_one_sample():
         16,
         1,
     ]
+
+
+@pytest.mark.parametrize("shape", [(5, 6, 7), (5, 6, 7, 3), (5, 3, 6, 7), (5, 42)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float64])
+def test_resident_batches_equal_streamed_ones(shape, dtype):
+    # The CPU runs the gather path CUDA takes for data kept on the device.
+    rng = np.random.default_rng(0)
+    X = (rng.random(shape) * (255 if dtype == np.uint8 else 1)).astype(dtype)
+    layout = infer_layout(X.shape, (6, 7, 1) if len(shape) == 2 else None)
+    channels = model_input_channels(layout.channels, (0.5,) * 3, (0.5,) * 3)
+    batches = {
+        resident: ImageBatches(
+            X, layout, torch.device("cpu"), (0.5,) * 3, (0.5,) * 3, channels, resident
+        )
+        for resident in (True, False)
+    }
+    indices = np.array([4, 0, 2])
+    torch.testing.assert_close(
+        batches[True].get(indices), batches[False].get(indices), rtol=0, atol=0
+    )
+    assert batches[True].is_resident and not batches[False].is_resident
+
+
+def test_resident_on_cpu_is_a_view_of_the_array():
+    X = np.zeros((4, 3, 3), dtype=np.uint8)
+    X.setflags(write=False)  # read-only input, as a memmap would be
+    images = ImageBatches(
+        X, infer_layout(X.shape), torch.device("cpu"), (0.5,) * 3, (0.5,) * 3, 1, True
+    )
+    images.get(np.array([1]))
+    assert images._resident.data_ptr() == X.ctypes.data  # no copy made
+
+
+def test_auto_residency_stays_off_the_cpu():
+    X = np.zeros((4, 3, 3), dtype=np.uint8)
+    images = ImageBatches(
+        X, infer_layout(X.shape), torch.device("cpu"), (0.5,) * 3, (0.5,) * 3, 1
+    )
+    images.get(np.array([0, 1]))
+    assert not images.is_resident
