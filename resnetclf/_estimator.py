@@ -28,6 +28,7 @@ from resnetclf._backbone import (
     check_arch,
     resolve_weights,
 )
+from resnetclf._compile import COMPILE_MODES, compiled_forward
 from resnetclf._devices import amp_dtype_for, cudnn_autotuned, resolve_device
 from resnetclf._images import (
     ImageBatches,
@@ -147,9 +148,14 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Autocast precision. ``"auto"`` is bf16 on CUDA devices that support it,
         fp16 (with gradient scaling) on older ones, fp32 on the CPU.
-    torch_compile : bool, default=False
-        Run the model through ``torch.compile``: slower first epoch, faster
-        later ones on a GPU.
+    torch_compile : bool or str, default=False
+        Train through ``torch.compile`` (prediction stays eager): a slower first
+        epoch, in exchange for fused kernels. True compiles in torch's default
+        mode; a string names the mode (``"default"``, ``"reduce-overhead"``,
+        which replays CUDA graphs and pays where kernel launches, not
+        arithmetic, bound the step, ``"max-autotune"``,
+        ``"max-autotune-no-cudagraphs"``). Shapes are compiled static: one
+        graph per batch size seen, a handful per fit.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, the validation split, shuffling and
         augmentation. An int makes CPU training repeatable.
@@ -224,7 +230,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         "checkpoint_path": [str, os.PathLike, None],
         "device": [str, torch.device],
         "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
-        "torch_compile": ["boolean"],
+        "torch_compile": ["boolean", StrOptions(set(COMPILE_MODES))],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
@@ -252,7 +258,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         checkpoint_path: str | os.PathLike | None = None,
         device: str | torch.device = "auto",
         precision: str = "auto",
-        torch_compile: bool = False,
+        torch_compile: bool | str = False,
         random_state=None,
         verbose: int = 0,
         warm_start: bool = False,
@@ -486,7 +492,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         n_batches = len(batch_slices(len(train), self.batch_size, training=True))
         return EpochLoop(
             model=model,
-            forward=torch.compile(model) if self.torch_compile else model,
+            forward=compiled_forward(model, self.torch_compile),
             optimizer=optimizer,
             param_groups=groups,
             frozen_stages=frozen,

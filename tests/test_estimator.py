@@ -339,20 +339,38 @@ def test_verbose_progress_bars_with_tqdm(tiny_images, capsys):
     assert "batch" in captured.err  # verbose=2: the bar over batches
 
 
-def test_torch_compile_wraps_the_training_forward(tiny_images, monkeypatch):
-    # The real compile runs in test_cuda.py; here only that fit asks for it.
-    compiled = []
+@pytest.mark.parametrize(
+    "torch_compile, mode, marks_steps",
+    [(True, "default", False), ("reduce-overhead", "reduce-overhead", True)],
+)
+def test_torch_compile_wraps_the_training_forward(
+    tiny_images, monkeypatch, torch_compile, mode, marks_steps
+):
+    # The real compile runs in test_cuda.py; here only what fit asks for.
+    compiled, steps = [], []
 
-    def record_compile(model, *args, **kwargs):
-        compiled.append(model)
+    def record_compile(model, **kwargs):
+        compiled.append((model, kwargs))
         return model
 
     monkeypatch.setattr(torch, "compile", record_compile)
+    monkeypatch.setattr(
+        torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1)
+    )
     X, y = tiny_images
-    clf = small_classifier(torch_compile=True, max_iter=1).fit(X, y)
-    assert compiled == [clf.module_]
+    clf = small_classifier(torch_compile=torch_compile, max_iter=1).fit(X, y)
+    assert compiled == [(clf.module_, {"mode": mode, "dynamic": False})]
+    # A CUDA-graph mode starts a step at each batch, training and validation.
+    n_batches = 3 + 1  # 43 training images in batches of 16, 5 validation ones
+    assert len(steps) == (n_batches if marks_steps else 0)
     small_classifier(max_iter=1).fit(X, y)
     assert len(compiled) == 1
+
+
+def test_unknown_compile_mode_is_refused(tiny_images):
+    X, y = tiny_images
+    with pytest.raises(ValueError, match="torch_compile"):
+        small_classifier(torch_compile="fastest").fit(X, y)
 
 
 def test_cudnn_autotuning_leaves_the_cpu_alone():
