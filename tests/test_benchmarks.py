@@ -184,3 +184,67 @@ def test_fit_targets_apply_to_the_issue_configurations(
     cpu_config = bench.BenchConfig.from_dict({**asdict(config), "clock": "cpu"})
     cpu_checks = {c["name"]: c for c in bench.check_targets(ratios, cpu_config)}
     assert cpu_checks["fit_vs_report_loop"]["status"] in {"PASS", "n/a"}
+
+
+def test_gpu_fit_targets_apply_to_cuda_runs(bench):
+    config = bench.BenchConfig(
+        arch="resnet50",
+        height=40,
+        width=168,
+        batch_size=64,
+        n_samples=128,
+        n_classes=4,
+        epochs=1,
+        device="cuda",
+        repeats=1,
+        step_iters=1,
+        predict_samples=8,
+        memory_samples=8,
+    )
+    ratios = {"wall": {"fit_vs_report_loop": 2.9, "fit_vs_step_bound": 0.86}}
+    checks = {c["name"]: c for c in bench.check_targets(ratios, config)}
+    assert checks["fit_vs_report_loop"]["target"] == 3.0
+    assert checks["fit_vs_report_loop"]["status"] == "MISS"
+    assert checks["fit_vs_step_bound"]["status"] == "PASS"
+
+
+def _load_script(name: str):
+    path = SCRIPT.parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_means_smoke(tmp_path):
+    bench_means = _load_script("bench_means")
+    out = tmp_path / "means.json"
+    result = bench_means.main(
+        ["--height", "8", "--width", "8", "--n-samples", "24", "--n-classes", "3",
+         "--batch-size", "8", "--epochs", "2", "--variants", "library,fp32",
+         "--device", "cpu", "--json", str(out)]
+    )  # fmt: skip
+    written = json.loads(out.read_text())
+    assert set(written["median_images_per_second"]) == {"library", "fp32"}
+    assert written["library_vs_variant"]["library"] == 1.0
+    assert result["machine"]["device"] == "cpu"
+
+
+def test_bench_means_skips_cuda_only_variants_on_cpu():
+    bench_means = _load_script("bench_means")
+    result = bench_means.main(
+        ["--height", "8", "--width", "8", "--n-samples", "24", "--n-classes", "3",
+         "--batch-size", "8", "--epochs", "2", "--device", "cpu",
+         "--variants", "library,streamed_batches,no_cudnn_autotune"]
+    )  # fmt: skip
+    assert list(result["median_images_per_second"]) == ["library"]
+
+
+def test_bench_step_formats_smoke():
+    bench_step_formats = _load_script("bench_step_formats")
+    medians = bench_step_formats.main(
+        ["--height", "8", "--width", "8", "--batch-size", "4", "--rounds", "1",
+         "--steps", "1"]
+    )  # fmt: skip
+    assert set(medians) == set(bench_step_formats.VARIANTS)
+    assert all(value > 0 for value in medians.values())
