@@ -248,3 +248,34 @@ def test_bench_step_formats_smoke():
     )  # fmt: skip
     assert set(medians) == set(bench_step_formats.VARIANTS)
     assert all(value > 0 for value in medians.values())
+
+
+def test_bench_accuracy_smoke(tmp_path):
+    bench_accuracy = _load_script("bench_accuracy")
+    out = tmp_path / "accuracy.json"
+    result = bench_accuracy.main(
+        ["--height", "12", "--width", "12", "--n-samples", "60", "--epochs", "1",
+         "--seeds", "1", "--batch-size", "16", "--json", str(out)]
+    )  # fmt: skip
+    (run,) = json.loads(out.read_text())["runs"]
+    assert len(run["library_val_accuracy"]) == len(run["report_loop_val_accuracy"])
+    assert run["n_train"] + run["n_val"] == 60
+    assert set(result["summary"]) == {"final", "best"}
+
+
+def test_bench_accuracy_verdict():
+    bench_accuracy = _load_script("bench_accuracy")
+    runs = [
+        {"library_val_accuracy": [0.5, a], "report_loop_val_accuracy": [0.4, b],
+         "n_val": 100}
+        for a, b in [(0.90, 0.80), (0.92, 0.81), (0.91, 0.79)]
+    ]  # fmt: skip
+    final = bench_accuracy.summarise(runs)["final"]
+    assert final["mean_difference"] == pytest.approx(0.11)
+    assert not final["same_within_noise"]  # 0.11 against a spread of 0.01
+    # One seed: judged against the binomial noise of the two accuracies.
+    single = {**runs[0], "report_loop_val_accuracy": [0.4, 0.85]}
+    one = bench_accuracy.summarise([single])["final"]
+    binomial = ((0.9 * 0.1 + 0.85 * 0.15) / 100) ** 0.5  # about 0.047
+    assert one["standard_error"] == pytest.approx(binomial)
+    assert one["same_within_noise"]  # a difference of 0.05
