@@ -2,14 +2,15 @@
 
 Speed is only worth having if accuracy does not pay for it. The library
 differs from the report-style loop of ``bench_fit.py`` in how it computes,
-not in what: batched rotation on the device instead of per-sample
-``RandomRotation``, grayscale folded into ``conv1`` instead of repeated,
-channels_last, fused Adam, no weight decay on norms and biases. This script
-trains both on the same real handwriting (:func:`resnetclf.datasets.make_digit_sums`,
-built from scikit-learn's digits), with the same split, architecture, random
-initialisation seed, learning rate (no layer-wise decay, as the loop has
-none), weight decay, rotation, batch size and epochs, for several seeds, and
-compares their validation accuracy::
+not in what: batched rotation on the device (bilinear) instead of per-sample
+``RandomRotation`` (nearest neighbour), grayscale folded into ``conv1``
+instead of repeated, channels_last, fused Adam, no weight decay on norms and
+biases. This script trains both on the same real handwriting
+(:func:`resnetclf.datasets.make_digit_sums`, built from scikit-learn's
+digits), with the same split, architecture, random initialisation seed,
+learning rate (no layer-wise decay, as the loop has none), weight decay,
+rotation, batch size and epochs, for several seeds, and compares their
+validation accuracy::
 
     python benchmarks/bench_accuracy.py --seeds 3 --epochs 5 --json acc.json
 

@@ -63,9 +63,16 @@ def cudnn_autotuned(device: torch.device) -> Iterator[None]:
 
     Training and prediction see a handful of input shapes (the batch, the last
     batch), so the one-off timing pays for itself. The global flag is set back
-    afterwards; on other devices this does nothing.
+    afterwards. Nothing changes on other devices, nor when the user asked for
+    reproducibility (``torch.backends.cudnn.deterministic`` or
+    ``torch.use_deterministic_algorithms``): timing can pick other algorithms
+    from run to run.
     """
-    if device.type != "cuda":
+    if (
+        device.type != "cuda"
+        or torch.backends.cudnn.deterministic
+        or torch.are_deterministic_algorithms_enabled()
+    ):
         yield
         return
     previous = torch.backends.cudnn.benchmark

@@ -1,9 +1,10 @@
 """Image arrays -> normalised, augmented batches on the training device.
 
 The data set stays in the array the user passed, in its own dtype (uint8 for the
-merged data set). Only one batch at a time is gathered, moved to the device,
-converted to float, rotated and normalised there, so memory never holds a float
-or a three-channel copy of the whole data set.
+merged data set); on a GPU with room for it, one copy in that dtype lives on the
+device. Only one batch at a time is gathered, converted to float, rotated and
+normalised on the device, so memory never holds a float or a three-channel copy
+of the whole data set.
 """
 
 from __future__ import annotations

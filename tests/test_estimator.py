@@ -377,3 +377,34 @@ def test_cudnn_autotuning_leaves_the_cpu_alone():
     before = torch.backends.cudnn.benchmark
     with cudnn_autotuned(torch.device("cpu")):
         assert torch.backends.cudnn.benchmark == before
+
+
+@pytest.fixture
+def cudnn_flags():
+    # The flags are plain Python settings: they can be read and set without a GPU.
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark = torch.backends.cudnn.deterministic = False
+    yield
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+
+
+def test_cudnn_autotuning_is_scoped(cudnn_flags):
+    with cudnn_autotuned(torch.device("cuda")):
+        assert torch.backends.cudnn.benchmark
+    assert not torch.backends.cudnn.benchmark
+    with pytest.raises(RuntimeError), cudnn_autotuned(torch.device("cuda")):
+        raise RuntimeError("a failed fit")
+    assert not torch.backends.cudnn.benchmark
+
+
+def test_cudnn_autotuning_respects_determinism(cudnn_flags):
+    torch.backends.cudnn.deterministic = True
+    with cudnn_autotuned(torch.device("cuda")):
+        assert not torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic = False
+    torch.use_deterministic_algorithms(True)
+    try:
+        with cudnn_autotuned(torch.device("cuda")):
+            assert not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(False)
