@@ -702,7 +702,8 @@ def measure_fit_report(config: BenchConfig) -> dict[str, Any]:
 def _library_optimizer(model: nn.Module, config: BenchConfig) -> torch.optim.Adam:
     # The optimizer fit builds: Adam over the library's stage parameter groups.
     stage_lrs = stage_learning_rates(config.lr, 0.5)
-    groups = StageParamGroups(model, stage_lrs, config.weight_decay).groups
+    stem_fold = 3 if model.conv1.in_channels == 1 else 1
+    groups = StageParamGroups(model, stage_lrs, config.weight_decay, stem_fold).groups
     return torch.optim.Adam(groups)
 
 

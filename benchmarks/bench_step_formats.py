@@ -39,7 +39,8 @@ VARIANTS = {
 def build(arch: str, weights_format: torch.memory_format) -> tuple[nn.Module, Any]:
     torch.manual_seed(0)
     model = build_resnet(arch, None, 37, 1).to(memory_format=weights_format)
-    groups = StageParamGroups(model, stage_learning_rates(1e-3, 0.5), 1e-4).groups
+    stage_lrs = stage_learning_rates(1e-3, 0.5)
+    groups = StageParamGroups(model, stage_lrs, 1e-4, stem_fold=3).groups
     fused = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 4)
     return model.train(), torch.optim.Adam(groups, fused=fused or None)
 

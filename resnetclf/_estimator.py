@@ -469,7 +469,9 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         self, model, stage_lrs, device, amp_dtype, rng, seed, has_val, train
     ) -> EpochLoop:
         frozen = freeze_stages(model, stage_lrs)
-        groups = StageParamGroups(model, stage_lrs, self.weight_decay)
+        # A 1-channel conv1 is always the RGB stem folded over repeated gray.
+        stem_fold = 3 if model.conv1.in_channels == 1 else 1
+        groups = StageParamGroups(model, stage_lrs, self.weight_decay, stem_fold)
         optimizer = _make_optimizer(self.optimizer, groups.groups, device)
         schedule = EpochSchedule(
             self.lr_schedule,

@@ -102,6 +102,25 @@ class StageParamGroups:
     group's ``lr`` is written directly, so stock ``torch.optim.lr_scheduler``
     classes scale all stages together and keep their ratios.
 
+    A stem folded from ``stem_fold`` identical input channels into one (see
+    ``build_resnet``) stands for ``stem_fold`` kernels that the unfolded
+    network would each move by the same step, since they see the same input
+    and so get the same gradient. Its kernel therefore trains at
+    ``stem_fold`` times the stem's rate with ``1 / stem_fold`` of the weight
+    decay: the folded network then follows the channel-repeated one step for
+    step (exactly for SGD and AdamW, and for Adam without weight decay).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A torchvision ResNet.
+    stage_lrs : mapping of str to float
+        Learning rate of each stage; 0 leaves a stage out.
+    weight_decay : float
+        Weight decay of convolution and linear weights.
+    stem_fold : int, default=1
+        Input channels folded into ``conv1``: 3 for a folded grayscale stem.
+
     Attributes
     ----------
     groups : list of dict
@@ -111,7 +130,11 @@ class StageParamGroups:
     """
 
     def __init__(
-        self, model: nn.Module, stage_lrs: Mapping[str, float], weight_decay: float
+        self,
+        model: nn.Module,
+        stage_lrs: Mapping[str, float],
+        weight_decay: float,
+        stem_fold: int = 1,
     ) -> None:
         self.groups: list[dict] = []
         self.stages: list[str] = []
@@ -121,20 +144,24 @@ class StageParamGroups:
             params = [p for m in modules for p in m.parameters()]
             decayed = [p for p in params if p.ndim > 1]
             not_decayed = [p for p in params if p.ndim <= 1]
-            for group_params, decay in ((decayed, weight_decay), (not_decayed, 0.0)):
+            scale = stem_fold if stage == "stem" else 1
+            for group_params, lr, decay in (
+                (decayed, stage_lrs[stage] * scale, weight_decay / scale),
+                (not_decayed, stage_lrs[stage], 0.0),
+            ):
                 if group_params:
                     self.groups.append(
-                        {
-                            "params": group_params,
-                            "lr": stage_lrs[stage],
-                            "weight_decay": decay,
-                        }
+                        {"params": group_params, "lr": lr, "weight_decay": decay}
                     )
                     self.stages.append(stage)
 
     def current_rates(self, optimizer) -> dict[str, float]:
-        """Each stage's current learning rate (0.0 for frozen stages)."""
+        """Each stage's current learning rate (0.0 for frozen stages).
+
+        The rate of the stage's norms and biases: for a folded stem, the rate
+        the user set, not its kernel's scaled one.
+        """
         rates = dict.fromkeys(STAGES, 0.0)
         for stage, group in zip(self.stages, optimizer.param_groups):
-            rates[stage] = float(group["lr"])
+            rates[stage] = float(group["lr"])  # the 1-D group comes last
         return rates

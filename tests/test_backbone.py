@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 
 from conftest import small_classifier
@@ -19,6 +20,7 @@ from resnetclf._backbone import (
     resolve_weights,
     to_torchvision_layout,
 )
+from resnetclf._param_groups import StageParamGroups, stage_learning_rates
 
 
 @pytest.fixture
@@ -182,3 +184,44 @@ def test_one_channel_file_loads_into_grayscale_model(tmp_path, tiny_images):
     torch.save(state, path)
     clf = small_classifier(weights=path, max_iter=1, layer_lr_decay=0.0).fit(X, y)
     torch.testing.assert_close(clf.module_.conv1.weight, state["conv1.weight"])
+
+
+@pytest.mark.parametrize(
+    "make_optimizer, weight_decay",
+    [
+        (lambda groups: torch.optim.SGD(groups, momentum=0.9), 1e-2),
+        (torch.optim.AdamW, 1e-2),
+        (torch.optim.Adam, 0.0),
+    ],
+)
+def test_folded_stem_trains_step_for_step_like_repeated_gray(
+    make_optimizer, weight_decay
+):
+    # The report repeats the gray channel into an RGB network; fit folds the
+    # stem instead. With the folded kernel's rate and decay scaled by 3 and
+    # 1/3, training follows the RGB network exactly, not just the first forward.
+    torch.manual_seed(0)
+    rgb = torchvision.models.resnet18(num_classes=4).double()
+    folded = build_resnet("resnet18", None, 4, in_channels=1).double()
+    folded.load_state_dict(
+        {**rgb.state_dict(), "conv1.weight": rgb.conv1.weight.sum(1, keepdim=True)}
+    )
+    stage_lrs = stage_learning_rates(1e-2, 0.5)
+    optimizers = [
+        make_optimizer(StageParamGroups(model, stage_lrs, weight_decay, fold).groups)
+        for model, fold in ((rgb, 1), (folded, 3))
+    ]
+    gray = torch.rand(6, 1, 16, 16, dtype=torch.float64)
+    targets = torch.tensor([0, 1, 2, 3, 0, 1])
+    for _ in range(4):
+        for model, inputs, optimizer in zip(
+            (rgb, folded), (gray.expand(-1, 3, -1, -1), gray), optimizers
+        ):
+            loss = F.cross_entropy(model(inputs), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    torch.testing.assert_close(
+        folded.conv1.weight, rgb.conv1.weight.sum(1, keepdim=True)
+    )
+    torch.testing.assert_close(folded(gray), rgb(gray.expand(-1, 3, -1, -1)))
