@@ -16,30 +16,74 @@ validation accuracy::
 
 The verdict: the mean difference (library - loop) against its standard
 error over seeds; "same within noise" when it is inside two standard errors.
+
+``--library-variant`` removes one of the differences above from the library
+for the run, to find which one matters: ``nearest_rotation`` (rotate with
+nearest-neighbour sampling, as torchvision does), ``decay_all`` (weight decay
+on norms and biases too), ``unfused_adam`` (torch's default Adam
+implementation).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_fit import BenchConfig, run_report_loop  # noqa: E402
 
 from resnetclf import ResNetFineTuneClassifier  # noqa: E402
+from resnetclf._param_groups import StageParamGroups  # noqa: E402
 from resnetclf._split import stratified_holdout  # noqa: E402
 from resnetclf.datasets import make_digit_sums  # noqa: E402
+
+LIBRARY_VARIANTS = ("default", "nearest_rotation", "decay_all", "unfused_adam")
+
+
+@contextlib.contextmanager
+def library_variant(name: str) -> Iterator[None]:
+    """Patch the library, for the duration, to go without one of its choices."""
+    if name == "nearest_rotation":
+        grid_sample = F.grid_sample
+
+        def nearest(*args, **kwargs):
+            return grid_sample(*args, **{**kwargs, "mode": "nearest"})
+
+        with mock.patch.object(F, "grid_sample", nearest):
+            yield
+    elif name == "decay_all":
+        build_groups = StageParamGroups.__init__
+
+        def decay_all(self, model, stage_lrs, weight_decay, stem_fold=1):
+            build_groups(self, model, stage_lrs, weight_decay, stem_fold)
+            for group in self.groups:
+                group["weight_decay"] = group["weight_decay"] or weight_decay
+
+        with mock.patch.object(StageParamGroups, "__init__", decay_all):
+            yield
+    elif name == "unfused_adam":
+        with mock.patch(
+            "resnetclf._estimator._make_optimizer",
+            lambda name, groups, device: torch.optim.Adam(groups),
+        ):
+            yield
+    else:
+        yield
 
 
 def compare_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -81,7 +125,7 @@ def compare_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         random_state=seed,
     )
     start = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), library_variant(args.library_variant):
         warnings.simplefilter("ignore")
         clf.fit(X[train_idx], y[train_idx], X_val=X[val_idx], y_val=y[val_idx])
     library_seconds = time.perf_counter() - start
@@ -129,7 +173,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"{config['arch']} {config['height']}x{config['width']}, "
         f"{config['n_digits']}-digit sums, {config['n_samples']} images, "
         f"{config['epochs']} epochs, {len(result['runs'])} seed(s), "
-        f"device {config['device']}",
+        f"device {config['device']}, library variant {config['library_variant']}",
         f"{'seed':>4} {'library final/best':>20} {'report loop final/best':>24}",
     ]
     for run in result["runs"]:
@@ -161,6 +205,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..seeds-1")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument(
+        "--library-variant", choices=LIBRARY_VARIANTS, default="default"
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if args.threads:

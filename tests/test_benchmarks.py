@@ -279,3 +279,35 @@ def test_bench_accuracy_verdict():
     binomial = ((0.9 * 0.1 + 0.85 * 0.15) / 100) ** 0.5  # about 0.047
     assert one["standard_error"] == pytest.approx(binomial)
     assert one["same_within_noise"]  # a difference of 0.05
+
+
+def test_bench_accuracy_variants_patch_the_library():
+    import torch
+    import torchvision
+
+    import resnetclf._estimator as est
+    from resnetclf._images import rotate
+    from resnetclf._param_groups import STAGES, StageParamGroups
+
+    bench_accuracy = _load_script("bench_accuracy")
+    model = torchvision.models.resnet18(num_classes=3)
+    rates = dict.fromkeys(STAGES, 0.1)
+
+    def decays() -> set[float]:
+        return {g["weight_decay"] for g in StageParamGroups(model, rates, 0.5).groups}
+
+    with bench_accuracy.library_variant("decay_all"):
+        assert decays() == {0.5}
+    assert decays() == {0.0, 0.5}
+
+    groups = StageParamGroups(model, rates, 0.5).groups
+    with bench_accuracy.library_variant("unfused_adam"):
+        # Looked up in the module at call time, as fit does.
+        optimizer = est._make_optimizer("adam", groups, torch.device("cpu"))
+    assert not optimizer.defaults.get("fused")
+
+    images = torch.arange(36.0).reshape(1, 1, 6, 6) % 2  # a striped image
+    with bench_accuracy.library_variant("nearest_rotation"):
+        rotated = rotate(images, torch.tensor([0.3]))
+    assert set(rotated.unique().tolist()) <= {0.0, 1.0}  # no blended values
+    assert len(set(rotate(images, torch.tensor([0.3])).unique().tolist())) > 2
