@@ -96,7 +96,9 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         (conv1, bn1), ``"layer1"`` .. ``"layer4"``, ``"fc"``). A dict maps stage
         names to learning rates; stages left out train at ``lr``. A stage at 0 is
         frozen: no gradient, no update, its batch-norm statistics fixed, and
-        back-propagation stops at the first trainable stage.
+        back-propagation stops at the first trainable stage. A folded grayscale
+        ``conv1`` kernel (see the user guide) trains at 3x the stem's rate with
+        a third of the weight decay, as the three kernels it stands for would.
     lr_schedule : {"constant", "cosine", "plateau"}, default="constant"
         Schedule over epochs, applied to all stages alike so that their ratios
         hold. ``"cosine"`` anneals towards 0 after ``warmup_epochs``;
