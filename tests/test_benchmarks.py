@@ -144,6 +144,24 @@ def test_measurement_in_a_subprocess(bench, tmp_path):
     assert statuses["predict_vs_plain_prebuilt"] == "not measured"
 
 
+def _target_config(bench, arch, height, width, batch_size, device):
+    """A configuration for check_targets only: nothing is run with it."""
+    return bench.BenchConfig(
+        arch=arch,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        n_samples=128,
+        n_classes=4,
+        epochs=1,
+        device=device,
+        repeats=1,
+        step_iters=1,
+        predict_samples=8,
+        memory_samples=8,
+    )
+
+
 @pytest.mark.parametrize(
     ("arch", "height", "width", "batch_size", "expected"),
     [
@@ -156,20 +174,7 @@ def test_measurement_in_a_subprocess(bench, tmp_path):
 def test_fit_targets_apply_to_the_issue_configurations(
     bench, arch, height, width, batch_size, expected
 ):
-    config = bench.BenchConfig(
-        arch=arch,
-        height=height,
-        width=width,
-        batch_size=batch_size,
-        n_samples=64,
-        n_classes=4,
-        epochs=1,
-        device="cpu",
-        repeats=1,
-        step_iters=1,
-        predict_samples=8,
-        memory_samples=8,
-    )
+    config = _target_config(bench, arch, height, width, batch_size, "cpu")
     ratios = {
         "wall": {"fit_vs_report_loop": 1.3},
         "cpu": {"fit_vs_report_loop": 1.5},
@@ -187,20 +192,7 @@ def test_fit_targets_apply_to_the_issue_configurations(
 
 
 def test_gpu_fit_targets_apply_to_cuda_runs(bench):
-    config = bench.BenchConfig(
-        arch="resnet50",
-        height=40,
-        width=168,
-        batch_size=64,
-        n_samples=128,
-        n_classes=4,
-        epochs=1,
-        device="cuda",
-        repeats=1,
-        step_iters=1,
-        predict_samples=8,
-        memory_samples=8,
-    )
+    config = _target_config(bench, "resnet50", 40, 168, 64, "cuda")
     ratios = {"wall": {"fit_vs_report_loop": 2.9, "fit_vs_step_bound": 0.86}}
     checks = {c["name"]: c for c in bench.check_targets(ratios, config)}
     assert checks["fit_vs_report_loop"]["target"] == 3.0
