@@ -68,6 +68,7 @@ import resnetclf
 import resnetclf._estimator
 from resnetclf import ResNetFineTuneClassifier
 from resnetclf._backbone import build_resnet
+from resnetclf._conv_weight_grad import gemm_weight_grads
 from resnetclf._devices import amp_dtype_for
 from resnetclf._images import random_rotate
 from resnetclf._param_groups import StageParamGroups, stage_learning_rates
@@ -712,7 +713,8 @@ def measure_step(config: BenchConfig) -> dict[str, Any]:
 
     ``folded_channels_last``: the network fit trains (grayscale folded into a
     1-channel ``conv1``, channels_last memory, the library's Adam parameter
-    groups, its autocast dtype); ``plain_contiguous``: the same network with
+    groups, its autocast dtype, and on the CPU its single-product weight
+    gradients for small maps); ``plain_contiguous``: the same network with
     the RGB stem on the gray channel repeated three times, contiguous memory.
     The two layouts alternate, ``step_iters`` steps each per round, after two
     untimed warm-up steps each.
@@ -745,14 +747,18 @@ def measure_step(config: BenchConfig) -> dict[str, Any]:
         loss.backward()
         optimizer.step()
 
-    for model, optimizer, inputs in layouts.values():
-        for _ in range(2):
-            step(model, optimizer, inputs)
+    for name, (model, optimizer, inputs) in layouts.items():
+        with gemm_weight_grads(model, enabled=name == "folded_channels_last"):
+            for _ in range(2):
+                step(model, optimizer, inputs)
     _sync(device)
     rounds: dict[str, list[Stopwatch]] = {name: [] for name in layouts}
     for _ in range(config.repeats):
         for name, (model, optimizer, inputs) in layouts.items():
-            with Stopwatch(device) as watch:
+            # The network fit trains takes fit's weight gradients; the
+            # reference is the plain torchvision step.
+            library = name == "folded_channels_last"
+            with gemm_weight_grads(model, enabled=library), Stopwatch(device) as watch:
                 for _ in range(config.step_iters):
                     step(model, optimizer, inputs)
             rounds[name].append(watch)

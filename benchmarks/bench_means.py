@@ -8,6 +8,9 @@ same settings and differs in one thing:
 - ``streamed_batches``: batches gathered on the host and copied one at a time
   (pinned on CUDA) instead of from a copy of the data kept on the device;
 - ``no_cudnn_autotune``: cuDNN's heuristic algorithm choice, no timing;
+- ``onednn_weight_grads``: every convolution's weight gradient from oneDNN,
+  none from the single product over the batch that small maps get on the CPU
+  (``resnetclf._conv_weight_grad``);
 - ``fp32``: ``precision="fp32"`` instead of the automatic mixed precision;
 - ``torch_compile``: ``torch_compile=True`` (its first epoch, which compiles,
   is left out like every first epoch);
@@ -15,9 +18,9 @@ same settings and differs in one thing:
   compiled and replayed as CUDA graphs.
 
 Variants that cannot differ on the chosen device (residency and cuDNN on a
-CPU) are skipped. Throughput is training images per second over epochs
-2..``--epochs``, validation included, the median over ``--repeats`` rounds
-(variants alternate within a round). Example::
+CPU, the CPU weight gradients on CUDA) are skipped. Throughput is training
+images per second over epochs 2..``--epochs``, validation included, the
+median over ``--repeats`` rounds (variants alternate within a round). Example::
 
     python benchmarks/bench_means.py --device cuda --arch resnet50 \\
         --height 40 --width 168 --n-samples 8192 --epochs 3 --json means.json
@@ -48,11 +51,13 @@ VARIANTS = (
     "library",
     "streamed_batches",
     "no_cudnn_autotune",
+    "onednn_weight_grads",
     "fp32",
     "torch_compile",
     "torch_compile_reduce_overhead",
 )
 CUDA_ONLY = {"streamed_batches", "no_cudnn_autotune"}
+CPU_ONLY = {"onednn_weight_grads"}
 
 
 @contextlib.contextmanager
@@ -65,6 +70,12 @@ def _variant_patches(name: str) -> Iterator[None]:
         with mock.patch(
             "resnetclf._estimator.cudnn_autotuned",
             lambda device: contextlib.nullcontext(),
+        ):
+            yield
+    elif name == "onednn_weight_grads":
+        with mock.patch(
+            "resnetclf._estimator.gemm_weight_grads",
+            lambda model, enabled=True: contextlib.nullcontext(),
         ):
             yield
     else:
@@ -120,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     variants = [
         name
         for name in args.variants.split(",")
-        if device.type == "cuda" or name not in CUDA_ONLY
+        if name not in (CPU_ONLY if device.type == "cuda" else CUDA_ONLY)
     ]
     X, y = make_data(args.n_samples, args.height, args.width, args.n_classes, 0)
     base_params = {

@@ -29,6 +29,7 @@ from resnetclf._backbone import (
     resolve_weights,
 )
 from resnetclf._compile import COMPILE_MODES, compiled_forward
+from resnetclf._conv_weight_grad import gemm_weight_grads
 from resnetclf._devices import amp_dtype_for, cudnn_autotuned, resolve_device
 from resnetclf._images import (
     ImageBatches,
@@ -344,7 +345,11 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         loop = self._epoch_loop(
             model, stage_lrs, device, amp_dtype, rng, seed, val is not None, train
         )
-        with cudnn_autotuned(device):
+        # Compiled graphs get inductor's own kernels, not the switched modules.
+        with (
+            cudnn_autotuned(device),
+            gemm_weight_grads(model, enabled=self.torch_compile is False),
+        ):
             loop.run(train, val, self.max_iter)
         loop.best.restore(model)
         self.module_ = model

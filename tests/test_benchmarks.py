@@ -303,3 +303,21 @@ def test_bench_accuracy_variants_patch_the_library():
         rotated = rotate(images, torch.tensor([0.3]))
     assert set(rotated.unique().tolist()) <= {0.0, 1.0}  # no blended values
     assert len(set(rotate(images, torch.tensor([0.3])).unique().tolist())) > 2
+
+
+def test_bench_conv_weight_grad_smoke(tmp_path, capsys):
+    bench = _load_script("bench_conv_weight_grad")
+    out = tmp_path / "conv.json"
+    result = bench.main(
+        ["--height", "16", "--width", "16", "--batch-size", "2", "--rounds", "1",
+         "--steps", "1", "--json", str(out)]
+    )  # fmt: skip
+    written = json.loads(out.read_text())
+    rows = written["convolutions"]
+    # resnet18 at 16x16: the stem, then stages on 4x4 .. 1x1 maps.
+    assert rows[0]["conv"] == "conv1" and not rows[0]["rule_takes_product"]
+    assert any(row["rule_takes_product"] for row in rows)
+    assert all(row["onednn_ms"] > 0 and row["product_ms"] > 0 for row in rows)
+    assert set(written["step_ms"]) == {"onednn", "library"}
+    assert "training step" in capsys.readouterr().out
+    assert result["machine"]["cpu_capability"]
