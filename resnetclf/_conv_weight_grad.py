@@ -89,6 +89,8 @@ def weight_grad_by_gemm(
             weight_grad = rows.t() @ patches
         else:
             weight_grad.addmm_(rows.t(), patches)
+    if weight_grad is None:  # an empty batch
+        weight_grad = grad_output.new_zeros(out_channels, patch_size)
     return weight_grad.view(
         out_channels, kernel_height, kernel_width, inputs.shape[1]
     ).permute(0, 3, 1, 2)

@@ -184,3 +184,10 @@ def test_fit_uses_the_product_and_leaves_a_plain_model(tiny_images):
     convs = [m for m in clf.module_.modules() if isinstance(m, nn.Conv2d)]
     assert convs and all(type(m) is nn.Conv2d for m in convs)
     assert np.isfinite(clf.predict_proba(X)).all()
+
+
+def test_empty_batch_gives_a_zero_gradient():
+    inputs = torch.randn(0, 3, 2, 2)
+    grad_output = torch.randn(0, 4, 2, 2)
+    grad = weight_grad_by_gemm(inputs, grad_output, (3, 3), (1, 1), (1, 1))
+    assert grad.shape == (4, 3, 3, 3) and not grad.any()
