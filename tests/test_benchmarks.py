@@ -213,11 +213,16 @@ def test_bench_means_smoke(tmp_path):
     out = tmp_path / "means.json"
     result = bench_means.main(
         ["--height", "8", "--width", "8", "--n-samples", "24", "--n-classes", "3",
-         "--batch-size", "8", "--epochs", "2", "--variants", "library,fp32",
+         "--batch-size", "8", "--epochs", "2",
+         "--variants", "library,fp32,onednn_weight_grads",
          "--device", "cpu", "--json", str(out)]
     )  # fmt: skip
     written = json.loads(out.read_text())
-    assert set(written["median_images_per_second"]) == {"library", "fp32"}
+    assert set(written["median_images_per_second"]) == {
+        "library",
+        "fp32",
+        "onednn_weight_grads",
+    }
     assert written["library_vs_variant"]["library"] == 1.0
     assert result["machine"]["device"] == "cpu"
 
