@@ -29,9 +29,9 @@ from torch import nn
 __all__ = ["gemm_weight_grads", "uses_gemm_weight_grad", "weight_grad_by_gemm"]
 
 # Where one product beats oneDNN's per-image products (2-core AVX2 CPU,
-# benchmarks/bench_conv_weight_grad.py): 1.3-18x for up to 64 output positions
-# per image with 128 or more output channels; with fewer channels or larger
-# maps the patch copy costs more than the products save.
+# benchmarks/bench_conv_weight_grad.py): from about even at the edges (128
+# channels on 7x7 maps) to 18x (512 channels on 1x1 maps); with fewer channels
+# or larger maps the patch copy costs more than the products save.
 MAX_OUTPUT_POSITIONS = 64
 MIN_OUT_CHANNELS = 128
 # Patches gathered at once (float32 elements, 32 MiB): larger batches are
