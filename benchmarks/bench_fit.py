@@ -69,11 +69,12 @@ import resnetclf._estimator
 from resnetclf import ResNetFineTuneClassifier
 from resnetclf._backbone import build_resnet
 from resnetclf._conv_weight_grad import gemm_weight_grads
+from resnetclf._cuda_graphs import CudaGraphedForward
 from resnetclf._devices import amp_dtype_for
 from resnetclf._images import random_rotate
 from resnetclf._param_groups import StageParamGroups, stage_learning_rates
 from resnetclf._split import stratified_holdout
-from resnetclf._training import EpochLoop
+from resnetclf._training import EpochLoop, autocast_context
 
 __all__ = ["BenchConfig", "format_report", "main", "run_benchmark"]
 
@@ -711,20 +712,24 @@ def _library_optimizer(model: nn.Module, config: BenchConfig) -> torch.optim.Ada
 def measure_step(config: BenchConfig) -> dict[str, Any]:
     """Forward + backward + optimizer step on a batch already on the device.
 
-    ``folded_channels_last``: the network fit trains (grayscale folded into a
-    1-channel ``conv1``, channels_last memory, the library's Adam parameter
-    groups, its autocast dtype, and on the CPU its single-product weight
-    gradients for small maps); ``plain_contiguous``: the same network with
-    the RGB stem on the gray channel repeated three times, contiguous memory.
-    The two layouts alternate, ``step_iters`` steps each per round, after two
-    untimed warm-up steps each.
+    ``folded_channels_last``: the network fit trains, the way fit trains it
+    (grayscale folded into a 1-channel ``conv1``, channels_last memory, the
+    library's Adam parameter groups, its autocast dtype; on the CPU its
+    single-product weight gradients for small maps, on CUDA its graphed
+    forward and backward); ``plain_contiguous``: the same network with the
+    RGB stem on the gray channel repeated three times, contiguous memory,
+    eager. The two layouts alternate, ``step_iters`` steps each per round,
+    after two untimed warm-up steps each.
     """
     device = resolve_device(config.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     amp_dtype = amp_dtype_for(device, "auto")
     X, y = make_data(config.batch_size, config)
     gray = _normalise(torch.from_numpy(X)).to(device)
     targets = torch.from_numpy(y).to(device)
-    layouts: dict[str, tuple[nn.Module, torch.optim.Optimizer, torch.Tensor]] = {}
+    layouts: dict[str, tuple[Callable, torch.optim.Optimizer, torch.Tensor]] = {}
+    models: dict[str, nn.Module] = {}
     for name, channels, memory_format in (
         ("folded_channels_last", 1, torch.channels_last),
         ("plain_contiguous", 3, torch.contiguous_format),
@@ -735,32 +740,36 @@ def measure_step(config: BenchConfig) -> dict[str, Any]:
         inputs = gray.expand(-1, channels, -1, -1).contiguous(
             memory_format=memory_format
         )
-        layouts[name] = (model, _library_optimizer(model, config), inputs)
+        forward: Callable = model
+        if name == "folded_channels_last" and device.type == "cuda":
+            forward = CudaGraphedForward(model, device, config.batch_size)
+        models[name] = model
+        layouts[name] = (forward, _library_optimizer(model, config), inputs)
 
-    def step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs) -> None:
-        if amp_dtype is None:
-            loss = F.cross_entropy(model(inputs), targets)
-        else:
-            with torch.autocast(device.type, dtype=amp_dtype):
-                loss = F.cross_entropy(model(inputs), targets)
+    def step(forward: Callable, optimizer: torch.optim.Optimizer, inputs) -> None:
+        with autocast_context(device, amp_dtype):
+            loss = F.cross_entropy(forward(inputs), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    for name, (model, optimizer, inputs) in layouts.items():
-        with gemm_weight_grads(model, enabled=name == "folded_channels_last"):
+    for name, (forward, optimizer, inputs) in layouts.items():
+        with gemm_weight_grads(models[name], enabled=name == "folded_channels_last"):
             for _ in range(2):
-                step(model, optimizer, inputs)
+                step(forward, optimizer, inputs)
     _sync(device)
     rounds: dict[str, list[Stopwatch]] = {name: [] for name in layouts}
     for _ in range(config.repeats):
-        for name, (model, optimizer, inputs) in layouts.items():
+        for name, (forward, optimizer, inputs) in layouts.items():
             # The network fit trains takes fit's weight gradients; the
             # reference is the plain torchvision step.
             library = name == "folded_channels_last"
-            with gemm_weight_grads(model, enabled=library), Stopwatch(device) as watch:
+            with (
+                gemm_weight_grads(models[name], enabled=library),
+                Stopwatch(device) as watch,
+            ):
                 for _ in range(config.step_iters):
-                    step(model, optimizer, inputs)
+                    step(forward, optimizer, inputs)
             rounds[name].append(watch)
     n_images = config.batch_size * config.step_iters
     return {name: _rates(n_images, watches) for name, watches in rounds.items()}

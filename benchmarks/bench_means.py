@@ -8,6 +8,8 @@ same settings and differs in one thing:
 - ``streamed_batches``: batches gathered on the host and copied one at a time
   (pinned on CUDA) instead of from a copy of the data kept on the device;
 - ``no_cudnn_autotune``: cuDNN's heuristic algorithm choice, no timing;
+- ``no_cuda_graphs``: every pass launched kernel by kernel, none replayed
+  from a CUDA graph (``resnetclf._cuda_graphs``);
 - ``onednn_weight_grads``: every convolution's weight gradient from oneDNN,
   none from the single product over the batch that small maps get on the CPU
   (``resnetclf._conv_weight_grad``);
@@ -17,9 +19,9 @@ same settings and differs in one thing:
 - ``torch_compile_reduce_overhead``: ``torch_compile="reduce-overhead"``,
   compiled and replayed as CUDA graphs.
 
-Variants that cannot differ on the chosen device (residency and cuDNN on a
-CPU, the CPU weight gradients on CUDA) are skipped. Throughput is training
-images per second over epochs 2..``--epochs``, validation included, the
+Variants that cannot differ on the chosen device (residency, cuDNN and CUDA
+graphs on a CPU, the CPU weight gradients on CUDA) are skipped. Throughput is
+training images per second over epochs 2..``--epochs``, validation included, the
 median over ``--repeats`` rounds (variants alternate within a round). Example::
 
     python benchmarks/bench_means.py --device cuda --arch resnet50 \\
@@ -51,12 +53,13 @@ VARIANTS = (
     "library",
     "streamed_batches",
     "no_cudnn_autotune",
+    "no_cuda_graphs",
     "onednn_weight_grads",
     "fp32",
     "torch_compile",
     "torch_compile_reduce_overhead",
 )
-CUDA_ONLY = {"streamed_batches", "no_cudnn_autotune"}
+CUDA_ONLY = {"streamed_batches", "no_cudnn_autotune", "no_cuda_graphs"}
 CPU_ONLY = {"onednn_weight_grads"}
 
 
@@ -71,6 +74,9 @@ def _variant_patches(name: str) -> Iterator[None]:
             "resnetclf._estimator.cudnn_autotuned",
             lambda device: contextlib.nullcontext(),
         ):
+            yield
+    elif name == "no_cuda_graphs":
+        with mock.patch("resnetclf._cuda_graphs.MIN_REPLAYS", 10**9):
             yield
     elif name == "onednn_weight_grads":
         with mock.patch(

@@ -30,6 +30,7 @@ from resnetclf._backbone import (
 )
 from resnetclf._compile import COMPILE_MODES, compiled_forward
 from resnetclf._conv_weight_grad import gemm_weight_grads
+from resnetclf._cuda_graphs import cuda_graphed
 from resnetclf._devices import amp_dtype_for, cudnn_autotuned, resolve_device
 from resnetclf._images import (
     ImageBatches,
@@ -345,10 +346,23 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         loop = self._epoch_loop(
             model, stage_lrs, device, amp_dtype, rng, seed, val is not None, train
         )
-        # Compiled graphs get inductor's own kernels, not the switched modules.
+        # Compiled graphs get inductor's own kernels, not the switched modules;
+        # the loop trains through the forward that cuda_graphed hands back.
         with (
             cudnn_autotuned(device),
             gemm_weight_grads(model, enabled=self.torch_compile is False),
+            cuda_graphed(
+                loop.forward,
+                model,
+                device,
+                self.batch_size,
+                training_batches=self.max_iter * (len(train) // self.batch_size),
+                evaluation_batches=(
+                    self.max_iter * (len(val) // self.batch_size)
+                    if val is not None
+                    else 0
+                ),
+            ) as loop.forward,
         ):
             loop.run(train, val, self.max_iter)
         loop.best.restore(model)
@@ -569,8 +583,17 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         mean, std = self._normalization_stats
         images = ImageBatches(X, layout, device, mean, std, self._model_channels)
         amp_dtype = amp_dtype_for(device, self.precision)
-        with cudnn_autotuned(device):
-            return predict_logits(model, model, images, self.batch_size, amp_dtype)
+        with (
+            cudnn_autotuned(device),
+            cuda_graphed(
+                model,
+                model,
+                device,
+                self.batch_size,
+                evaluation_batches=len(images) // self.batch_size,
+            ) as forward,
+        ):
+            return predict_logits(forward, model, images, self.batch_size, amp_dtype)
 
     def _validate_images(
         self, X, name: str, expected

@@ -59,10 +59,15 @@ def batch_slices(n_samples: int, batch_size: int, training: bool) -> list[slice]
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None):
-    """Mixed precision on ``device`` when ``dtype`` is set, else a no-op."""
+    """Mixed precision on ``device`` when ``dtype`` is set, else a no-op.
+
+    The cast cache is off: a ResNet casts each weight once per pass, so it
+    saves nothing, and a CUDA graph capture must record the casts, not reuse
+    ones made before it.
+    """
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
 @contextlib.contextmanager
