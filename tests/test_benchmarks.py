@@ -326,3 +326,17 @@ def test_bench_conv_weight_grad_smoke(tmp_path, capsys):
     assert set(written["step_ms"]) == {"onednn", "library"}
     assert "training step" in capsys.readouterr().out
     assert result["machine"]["cpu_capability"]
+
+
+def test_bench_cuda_graph_memory_smoke(tmp_path, capsys):
+    bench = _load_script("bench_cuda_graph_memory")
+    out = tmp_path / "graph_memory.json"
+    result = bench.main(
+        ["--device", "cpu", "--n-samples", "40", "--height", "8", "--width", "8",
+         "--batch-size", "8", "--json", str(out)]
+    )  # fmt: skip
+    written = json.loads(out.read_text())
+    assert set(written["fit_peak_mib"]) == {"cuda_graphs", "no_cuda_graphs"}
+    assert written["raw_mib"] == pytest.approx(40 * 64 / 2**20)
+    assert result["device"] == "cpu"
+    assert "n/a" in capsys.readouterr().out  # no GPU memory on the CPU
