@@ -156,10 +156,10 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         Train through ``torch.compile`` (prediction stays eager): a slower first
         epoch, in exchange for fused kernels. True compiles in torch's default
         mode; a string names the mode (``"default"``, ``"reduce-overhead"``,
-        which replays CUDA graphs and pays where kernel launches, not
-        arithmetic, bound the step, ``"max-autotune"``,
-        ``"max-autotune-no-cudagraphs"``). Shapes are compiled static: one
-        graph per batch size seen, a handful per fit.
+        ``"max-autotune"``, ``"max-autotune-no-cudagraphs"``). Shapes are
+        compiled static: one graph per batch size seen, a handful per fit.
+        Without it, training on CUDA already replays each full batch's
+        forward and backward from a CUDA graph; compiling replaces that.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, the validation split, shuffling and
         augmentation. An int makes CPU training repeatable.
