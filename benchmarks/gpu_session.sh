@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks, in one go on a machine with CUDA, most telling first: the
 # CUDA-graph tests, what CUDA graphs are worth inside fit, ResNet50 at 40x168
-# in bf16 against the report-style loop and the model-step bound, then the
-# other CUDA tests. Logs and JSON go to OUT_DIR.
+# in bf16 against the report-style loop and the model-step bound, the other
+# CUDA tests, then what the graphs add to GPU memory. Logs and JSON go to
+# OUT_DIR.
 #
 #   bash benchmarks/gpu_session.sh OUT_DIR
 #
@@ -37,3 +38,6 @@ timeout 300 "$python" benchmarks/bench_fit.py --device cuda --arch resnet50 \
     --json "$out/resnet50_40x168_cuda.json" 2>&1 | tee "$out/bench_fit.txt"
 
 timeout 240 "${pytest[@]}" tests/test_cuda.py -k "not graph" 2>&1 | tee "$out/test_cuda.txt"
+
+timeout 120 "$python" benchmarks/bench_cuda_graph_memory.py --n-samples 30000 \
+    --json "$out/cuda_graph_memory.json" 2>&1 | tee "$out/cuda_graph_memory.txt"
