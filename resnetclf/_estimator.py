@@ -586,7 +586,6 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         mean, std = self._normalization_stats
         images = ImageBatches(X, layout, device, mean, std, self._model_channels)
         amp_dtype = amp_dtype_for(device, self.precision)
-        model.eval()
         inference_model = model
         height, width, _ = self.image_shape_
         if device.type == "cpu" and worth_folding(model, len(images), height, width):
