@@ -701,12 +701,22 @@ def measure_fit_report(config: BenchConfig) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------ model-step bound
-def _library_optimizer(model: nn.Module, config: BenchConfig) -> torch.optim.Adam:
-    # The optimizer fit builds: Adam over the library's stage parameter groups.
+def _library_optimizer(
+    model: nn.Module, config: BenchConfig, device: torch.device
+) -> torch.optim.Optimizer:
+    # The optimizer fit builds: Adam over the library's stage parameter
+    # groups, fused wherever fit fuses it.
     stage_lrs = stage_learning_rates(config.lr, 0.5)
     stem_fold = 3 if model.conv1.in_channels == 1 else 1
     groups = StageParamGroups(model, stage_lrs, config.weight_decay, stem_fold).groups
-    return torch.optim.Adam(groups)
+    return resnetclf._estimator._make_optimizer("adam", groups, device)
+
+
+def _report_optimizer(model: nn.Module, config: BenchConfig) -> torch.optim.Adam:
+    # The report loop's: one group, torch's default Adam implementation.
+    return torch.optim.Adam(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
 
 
 def measure_step(config: BenchConfig) -> dict[str, Any]:
@@ -714,12 +724,13 @@ def measure_step(config: BenchConfig) -> dict[str, Any]:
 
     ``folded_channels_last``: the network fit trains, the way fit trains it
     (grayscale folded into a 1-channel ``conv1``, channels_last memory, the
-    library's Adam parameter groups, its autocast dtype; on the CPU its
-    single-product weight gradients for small maps, on CUDA its graphed
-    forward and backward); ``plain_contiguous``: the same network with the
-    RGB stem on the gray channel repeated three times, contiguous memory,
-    eager. The two layouts alternate, ``step_iters`` steps each per round,
-    after two untimed warm-up steps each.
+    library's Adam parameter groups and fused Adam where fit uses it, its
+    autocast dtype; on the CPU its single-product weight gradients for small
+    maps, on CUDA its graphed forward and backward); ``plain_contiguous``:
+    the same network with the RGB stem on the gray channel repeated three
+    times, contiguous memory, eager, with the report loop's optimizer (one
+    group, torch's default Adam). The two layouts alternate, ``step_iters``
+    steps each per round, after two untimed warm-up steps each.
     """
     device = resolve_device(config.device)
     if device.type == "cuda" and device.index is None:
@@ -744,7 +755,11 @@ def measure_step(config: BenchConfig) -> dict[str, Any]:
         if name == "folded_channels_last" and device.type == "cuda":
             forward = CudaGraphedForward(model, device, config.batch_size)
         models[name] = model
-        layouts[name] = (forward, _library_optimizer(model, config), inputs)
+        if name == "folded_channels_last":
+            optimizer = _library_optimizer(model, config, device)
+        else:
+            optimizer = _report_optimizer(model, config)
+        layouts[name] = (forward, optimizer, inputs)
 
     def step(forward: Callable, optimizer: torch.optim.Optimizer, inputs) -> None:
         with autocast_context(device, amp_dtype):
@@ -964,7 +979,7 @@ def measure_memory_fit_plain(config: BenchConfig) -> dict[str, Any]:
         start = time.perf_counter()
         train_idx, val_idx = _split(y, config)
         model = _memory_network(config, 1).to(device, memory_format=torch.channels_last)
-        optimizer = _library_optimizer(model, config)
+        optimizer = _library_optimizer(model, config, device)
         generator = torch.Generator(device=device).manual_seed(config.seed)
         order = np.random.default_rng(config.seed).permutation(train_idx)
         model.train()

@@ -340,3 +340,36 @@ def test_bench_cuda_graph_memory_smoke(tmp_path, capsys):
     assert written["raw_mib"] == pytest.approx(40 * 64 / 2**20)
     assert result["device"] == "cpu"
     assert "n/a" in capsys.readouterr().out  # no GPU memory on the CPU
+
+
+def test_bench_step_profile_smoke(tmp_path, capsys):
+    bench = _load_script("bench_step_profile")
+    out = tmp_path / "profile.json"
+    result = bench.main(
+        ["--arch", "resnet18", "--height", "16", "--width", "16", "--batch-size",
+         "4", "--warmup", "1", "--rounds", "1", "--steps", "1", "--json", str(out)]
+    )  # fmt: skip
+    written = json.loads(out.read_text())
+    assert set(written["layouts"]) == set(bench.LAYOUTS)
+    for layout in written["layouts"].values():
+        assert set(layout["categories_ms"]) == set(bench.CATEGORIES)
+        assert sum(layout["categories_share"].values()) == pytest.approx(1.0)
+        assert set(layout["phases_ms"]) == set(bench.PHASES)
+    # resnet18 at 16x16 ends on 1x1 maps: the library's weight gradients there
+    # are matrix products; the plain step has only fc's.
+    layouts = written["layouts"]
+    calls = {name: layouts[name]["categories_calls"] for name in bench.LAYOUTS}
+    assert calls["library"]["matrix products"] > calls["plain"]["matrix products"]
+    # Every Adam kernel of the plain step runs inside optimizer.step.
+    assert calls["plain"]["optimizer"] > calls["library"]["optimizer"]
+    assert "own CPU time by kind" in capsys.readouterr().out
+    assert result["plain_over_library_step"] > 0
+
+
+def test_step_profile_categories():
+    bench = _load_script("bench_step_profile")
+    assert bench.categorize("aten::mkldnn_convolution", False) == "convolution forward"
+    assert bench.categorize("aten::native_batch_norm_backward", False) == "batch norm"
+    assert bench.categorize("aten::add_", False) == "ReLU and residual adds"
+    assert bench.categorize("aten::mm", True) == "optimizer"
+    assert bench.categorize("autograd::engine::evaluate_function", False) == "other"
