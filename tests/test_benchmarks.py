@@ -373,3 +373,21 @@ def test_step_profile_categories():
     assert bench.categorize("aten::add_", False) == "ReLU and residual adds"
     assert bench.categorize("aten::mm", True) == "optimizer"
     assert bench.categorize("autograd::engine::evaluate_function", False) == "other"
+
+
+def test_step_bound_takes_fits_optimizer_and_reference_the_reports(bench):
+    import torch
+    import torchvision
+
+    import resnetclf._estimator as est
+
+    config = _target_config(bench, "resnet18", 16, 16, 4, "cpu")
+    cpu = torch.device("cpu")
+    model = bench.build_resnet("resnet18", None, 4, 1)
+    library = bench._library_optimizer(model, config, cpu)
+    fits = est._make_optimizer("adam", [{"params": [torch.zeros(1)]}], cpu)
+    assert library.defaults.get("fused") == fits.defaults.get("fused")
+    assert len(library.param_groups) > 1  # the stage groups
+    report = bench._report_optimizer(torchvision.models.resnet18(), config)
+    assert not report.defaults.get("fused") and len(report.param_groups) == 1
+    assert report.defaults["weight_decay"] == config.weight_decay
