@@ -1,8 +1,8 @@
 """oneDNN's convolution weight gradients against one product over the batch.
 
-``resnetclf._conv_weight_grad`` computes the weight gradient of convolutions
-with small output maps as a single matrix product on the CPU, where oneDNN
-multiplies image by image. This script measures both, in one run:
+``resnetclf._acceleration.conv_weight_grad`` computes the weight gradient of
+convolutions with small output maps as a single matrix product on the CPU,
+where oneDNN multiplies image by image. This script measures both, in one run:
 
 1. every distinct convolution of ``--arch`` at the given image size and batch
    (shapes read from a forward pass): milliseconds of oneDNN's weight
@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetclf._backbone import build_resnet
-from resnetclf._conv_weight_grad import (
+from resnetclf._acceleration.conv_weight_grad import (
     gemm_weight_grads,
     uses_gemm_weight_grad,
     weight_grad_by_gemm,
 )
+from resnetclf._backbone import build_resnet
 
 
 def median_seconds(function: Callable[[], Any], rounds: int, repeats: int) -> float:

@@ -34,7 +34,7 @@ from bench_fit import StubResNet  # noqa: E402
 
 import resnetclf._estimator  # noqa: E402
 from resnetclf import ResNetFineTuneClassifier  # noqa: E402
-from resnetclf._devices import resolve_device  # noqa: E402
+from resnetclf._acceleration.devices import resolve_device  # noqa: E402
 
 VARIANTS = ("cuda_graphs", "no_cuda_graphs")
 MIB = 2**20
@@ -52,7 +52,9 @@ def _patches(variant: str) -> contextlib.ExitStack:
         )
     )
     if variant == "no_cuda_graphs":
-        stack.enter_context(mock.patch("resnetclf._cuda_graphs.MIN_REPLAYS", 10**9))
+        stack.enter_context(
+            mock.patch("resnetclf._acceleration.cuda_graphs.MIN_REPLAYS", 10**9)
+        )
     return stack
 
 

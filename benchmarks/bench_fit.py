@@ -67,10 +67,10 @@ from torchvision import transforms
 import resnetclf
 import resnetclf._estimator
 from resnetclf import ResNetFineTuneClassifier
+from resnetclf._acceleration.conv_weight_grad import gemm_weight_grads
+from resnetclf._acceleration.cuda_graphs import CudaGraphedForward
+from resnetclf._acceleration.devices import amp_dtype_for
 from resnetclf._backbone import build_resnet
-from resnetclf._conv_weight_grad import gemm_weight_grads
-from resnetclf._cuda_graphs import CudaGraphedForward
-from resnetclf._devices import amp_dtype_for
 from resnetclf._images import random_rotate
 from resnetclf._param_groups import StageParamGroups, stage_learning_rates
 from resnetclf._split import stratified_holdout

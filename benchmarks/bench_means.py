@@ -9,10 +9,10 @@ same settings and differs in one thing:
   (pinned on CUDA) instead of from a copy of the data kept on the device;
 - ``no_cudnn_autotune``: cuDNN's heuristic algorithm choice, no timing;
 - ``no_cuda_graphs``: every pass launched kernel by kernel, none replayed
-  from a CUDA graph (``resnetclf._cuda_graphs``);
+  from a CUDA graph (``resnetclf._acceleration.cuda_graphs``);
 - ``onednn_weight_grads``: every convolution's weight gradient from oneDNN,
   none from the single product over the batch that small maps get on the CPU
-  (``resnetclf._conv_weight_grad``);
+  (``resnetclf._acceleration.conv_weight_grad``);
 - ``fp32``: ``precision="fp32"`` instead of the automatic mixed precision;
 - ``torch_compile``: ``torch_compile=True`` (its first epoch, which compiles,
   is left out like every first epoch);
@@ -76,7 +76,7 @@ def _variant_patches(name: str) -> Iterator[None]:
         ):
             yield
     elif name == "no_cuda_graphs":
-        with mock.patch("resnetclf._cuda_graphs.MIN_REPLAYS", 10**9):
+        with mock.patch("resnetclf._acceleration.cuda_graphs.MIN_REPLAYS", 10**9):
             yield
     elif name == "onednn_weight_grads":
         with mock.patch(

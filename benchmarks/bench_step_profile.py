@@ -44,8 +44,8 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 import resnetclf._estimator
+from resnetclf._acceleration.conv_weight_grad import gemm_weight_grads
 from resnetclf._backbone import build_resnet
-from resnetclf._conv_weight_grad import gemm_weight_grads
 from resnetclf._param_groups import StageParamGroups, stage_learning_rates
 
 LAYOUTS = ("library", "plain")

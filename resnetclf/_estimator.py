@@ -23,16 +23,20 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from resnetclf._acceleration.bn_folding import folded_for_inference, worth_folding
+from resnetclf._acceleration.compile import COMPILE_MODES, compiled_forward
+from resnetclf._acceleration.conv_weight_grad import gemm_weight_grads
+from resnetclf._acceleration.cuda_graphs import cuda_graphed
+from resnetclf._acceleration.devices import (
+    amp_dtype_for,
+    cudnn_autotuned,
+    resolve_device,
+)
 from resnetclf._backbone import (
     build_resnet,
     check_arch,
     resolve_weights,
 )
-from resnetclf._bn_folding import folded_for_inference, worth_folding
-from resnetclf._compile import COMPILE_MODES, compiled_forward
-from resnetclf._conv_weight_grad import gemm_weight_grads
-from resnetclf._cuda_graphs import cuda_graphed
-from resnetclf._devices import amp_dtype_for, cudnn_autotuned, resolve_device
 from resnetclf._images import (
     ImageBatches,
     ImageLayout,

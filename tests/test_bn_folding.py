@@ -9,9 +9,9 @@ from torch import nn
 
 import resnetclf._estimator as estimator_module
 from conftest import small_classifier
-from resnetclf import _bn_folding
+from resnetclf._acceleration import bn_folding as _bn_folding
+from resnetclf._acceleration.bn_folding import folded_for_inference, worth_folding
 from resnetclf._backbone import build_resnet
-from resnetclf._bn_folding import folded_for_inference, worth_folding
 
 
 def _with_batch_statistics(model: nn.Module, seed: int = 0) -> nn.Module:

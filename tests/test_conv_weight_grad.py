@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import small_classifier
-from resnetclf import _conv_weight_grad
-from resnetclf._backbone import build_resnet
-from resnetclf._conv_weight_grad import (
+from resnetclf._acceleration import conv_weight_grad as _conv_weight_grad
+from resnetclf._acceleration.conv_weight_grad import (
     gemm_weight_grads,
     uses_gemm_weight_grad,
     weight_grad_by_gemm,
 )
+from resnetclf._backbone import build_resnet
 
 
 def reference_weight_grad(inputs, grad_output, weight_shape, stride, padding):

@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import small_classifier
-from resnetclf import ResNetFineTuneClassifier, _cuda_graphs
+from resnetclf import ResNetFineTuneClassifier
+from resnetclf._acceleration import cuda_graphs as _cuda_graphs
+from resnetclf._acceleration.cuda_graphs import CudaGraphedForward
+from resnetclf._acceleration.devices import amp_dtype_for, cudnn_autotuned
 from resnetclf._backbone import build_resnet
 from resnetclf._checkpoint import load_state_dict_file
-from resnetclf._cuda_graphs import CudaGraphedForward
-from resnetclf._devices import amp_dtype_for, cudnn_autotuned
 from resnetclf._images import ImageBatches, infer_layout
 
 pytestmark = pytest.mark.skipif(

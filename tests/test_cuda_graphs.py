@@ -16,8 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import small_classifier
-from resnetclf import _cuda_graphs
-from resnetclf._cuda_graphs import MIN_REPLAYS, CudaGraphedForward, cuda_graphed
+from resnetclf._acceleration import cuda_graphs as _cuda_graphs
+from resnetclf._acceleration.cuda_graphs import (
+    MIN_REPLAYS,
+    CudaGraphedForward,
+    cuda_graphed,
+)
 from resnetclf._training import autocast_context
 
 CPU = torch.device("cpu")

@@ -15,7 +15,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from conftest import small_classifier
-from resnetclf._devices import cudnn_autotuned
+from resnetclf._acceleration.devices import cudnn_autotuned
 from resnetclf._param_groups import STAGES
 
 
