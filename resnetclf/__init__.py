@@ -2,13 +2,23 @@
 
 from resnetclf._backbone import WeightsUnavailableError
 from resnetclf._estimator import ResNetFineTuneClassifier
+from resnetclf._split import (
+    SplitIndices,
+    SplitInfo,
+    stratified_subsample,
+    train_val_test_split,
+)
 from resnetclf.plotting import plot_history
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ResNetFineTuneClassifier",
+    "SplitIndices",
+    "SplitInfo",
     "WeightsUnavailableError",
     "plot_history",
+    "stratified_subsample",
+    "train_val_test_split",
     "__version__",
 ]
