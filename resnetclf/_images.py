@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from resnetclf._warnings import user_stacklevel
+
 __all__ = [
     "IMAGENET_STATS",
     "ImageBatches",
@@ -28,6 +30,7 @@ __all__ = [
     "random_rotate",
     "resolve_normalization",
     "rotate",
+    "warn_if_beyond_unit_range",
 ]
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -245,6 +248,9 @@ class ImageBatches:
         CUDA when ``X`` is C-contiguous, of a dtype torch reads without
         conversion, and at most a quarter of the device's free memory; never
         on the CPU, where the host array already is the device's.
+    name : str, default="X"
+        What the user called ``X``, for the warning of
+        :func:`warn_if_beyond_unit_range`.
     """
 
     def __init__(
@@ -256,7 +262,9 @@ class ImageBatches:
         std: Sequence[float],
         model_channels: int,
         resident: bool | None = None,
+        name: str = "X",
     ) -> None:
+        warn_if_beyond_unit_range(X, name)
         self.X = X
         self.layout = layout
         self.device = device
@@ -330,6 +338,39 @@ class ImageBatches:
             else:
                 self._resident_wanted = False
         return self._resident
+
+
+# Rounding in a user's own scaling (X / X.max(), say) may pass 1 by a few ulps.
+_UNIT_RANGE_SLACK = 1e-3
+
+
+def warn_if_beyond_unit_range(X: np.ndarray, name: str = "X") -> float | None:
+    """Warn when non-uint8 images hold values above 1, which are read as in [0, 1].
+
+    Only uint8 images are rescaled (by 1/255); every other dtype is used as it
+    is. 0..255 floats or ``load_digits``' 0..16 would then train and predict
+    on a scale the normalisation and pretrained weights do not expect, with no
+    error. A warning rather than an error: values beyond [0, 1] can be meant
+    (images already standardised by the user), and a network trained from
+    scratch copes with the scale. One reduction over the array, no copy.
+
+    Returns the maximum checked, or None when the dtype needs no check.
+    """
+    if X.dtype == np.uint8 or X.dtype == np.bool_ or X.size == 0:
+        return None
+    maximum = float(np.max(X))
+    if maximum > 1.0 + _UNIT_RANGE_SLACK:
+        warnings.warn(
+            f"{name} ({X.dtype}) has values up to {maximum:g}, but images that "
+            "are not uint8 are taken as already scaled to [0, 1] (only uint8 "
+            f"is divided by 255). Divide {name} by its maximum (for 0..255 "
+            f"values: {name} / 255, or pass {name}.astype(np.uint8)), the same "
+            "way at fit and at predict. If the scale is meant (images you "
+            "standardised yourself), ignore this warning.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return maximum
 
 
 # Share of a CUDA device's free memory a resident copy of the data may take; the

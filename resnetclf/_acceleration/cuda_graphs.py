@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from resnetclf._warnings import user_stacklevel
+
 __all__ = ["MIN_REPLAYS", "CudaGraphedForward", "cuda_graphed"]
 
 # A capture costs a few eager passes (warm-up) plus the capture itself; below
@@ -124,7 +126,7 @@ class CudaGraphedForward:
                 f"could not capture the {kind} pass as a CUDA graph; it runs "
                 f"eagerly for the rest of this call. Cause: {exc}",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
             return None
         self._graphs[kind] = (key, graphed)
