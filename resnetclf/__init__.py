@@ -2,6 +2,7 @@
 
 from resnetclf._backbone import WeightsUnavailableError
 from resnetclf._estimator import ResNetFineTuneClassifier
+from resnetclf._persistence import load_model, save_model
 from resnetclf._split import (
     SplitIndices,
     SplitInfo,
@@ -17,7 +18,9 @@ __all__ = [
     "SplitIndices",
     "SplitInfo",
     "WeightsUnavailableError",
+    "load_model",
     "plot_history",
+    "save_model",
     "stratified_subsample",
     "train_val_test_split",
     "__version__",

@@ -19,6 +19,7 @@ __all__ = [
     "build_resnet",
     "check_arch",
     "resolve_weights",
+    "spread_over_rgb",
     "to_torchvision_layout",
 ]
 
@@ -112,18 +113,36 @@ def build_resnet(
 def to_torchvision_layout(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict as torchvision's RGB model expects it.
 
-    A folded grayscale stem is spread back over three channels (each a third of
-    the sum), which gives the same outputs on channel-repeated input, so the file
-    loads straight into ``torchvision.models.<arch>(num_classes=...)``. The
-    tensors are on the CPU, so a file written on a GPU loads anywhere.
+    A folded grayscale stem is spread back over three channels (each about a
+    third of the sum, see ``spread_over_rgb``), which gives the same outputs on
+    channel-repeated input, so the file loads straight into
+    ``torchvision.models.<arch>(num_classes=...)``. The tensors are on the CPU,
+    so a file written on a GPU loads anywhere.
     """
     state_dict = {
         k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
     }
     conv1 = state_dict["conv1.weight"]
     if conv1.shape[1] == 1:
-        state_dict["conv1.weight"] = conv1.repeat(1, 3, 1, 1) / 3
+        state_dict["conv1.weight"] = spread_over_rgb(conv1)
     return state_dict
+
+
+def spread_over_rgb(kernel: torch.Tensor) -> torch.Tensor:
+    """Spread a 1-channel ``conv1`` kernel over 3 channels that sum back to it.
+
+    Each channel gets about a third, rounded to a multiple of the spacing of
+    floats at the kernel's value, so that the three parts and their partial
+    sums are exact in float32: folding them again (a sum over channels, in
+    any order) gives the kernel back bit for bit, and a model saved in
+    torchvision's layout predicts exactly as the fitted one once reloaded.
+    """
+    magnitude = kernel.abs()
+    upwards = torch.full_like(magnitude, float("inf"))
+    spacing = (torch.nextafter(magnitude, upwards) - magnitude).double()
+    third = torch.round(kernel.double() / 3 / spacing) * spacing
+    rest = kernel.double() - 2 * third
+    return torch.cat([third, third, rest], dim=1).to(kernel.dtype)
 
 
 def _read_weights(weights: WeightsEnum | Path) -> dict[str, torch.Tensor]:
@@ -168,7 +187,7 @@ def _adapt_state_dict(
     expected = model.state_dict()
     conv1 = state_dict.get("conv1.weight")
     if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] == 1:
-        state_dict["conv1.weight"] = conv1.repeat(1, 3, 1, 1) / 3
+        state_dict["conv1.weight"] = spread_over_rgb(conv1)
     head = state_dict.get("fc.weight")
     if head is not None and head.ndim == 2 and head.shape[0] != model.fc.out_features:
         # Load the file's head as it is; build_resnet replaces it when its size

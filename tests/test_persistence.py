@@ -1,0 +1,306 @@
+"""save_model / load_model: exact round trips, and files that never run code."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import torch
+import torchvision
+from sklearn.exceptions import NotFittedError
+
+from conftest import small_classifier
+from resnetclf import ResNetFineTuneClassifier, load_model, save_model
+from resnetclf._persistence import ESTIMATOR_FILE, FORMAT_NAME, WEIGHTS_FILE
+
+
+def _roundtrip(clf, folder: Path) -> ResNetFineTuneClassifier:
+    return load_model(save_model(clf, folder))
+
+
+def _same_value(a, b) -> bool:
+    """Equal, and of the same types all the way down (tuples stay tuples)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(map(_same_value, a, b))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same_value(a[k], b[k]) for k in a)
+    if isinstance(a, np.random.RandomState):
+        return _same_value(a.get_state(legacy=True), b.get_state(legacy=True))
+    if isinstance(a, float) and np.isnan(a):
+        return np.isnan(b)
+    return a == b
+
+
+def _check_same_estimator(loaded, clf) -> None:
+    saved_params, loaded_params = clf.get_params(), loaded.get_params()
+    for name, value in saved_params.items():
+        assert _same_value(loaded_params[name], value), name
+    for name, value in vars(clf).items():
+        if name != "module_":
+            assert _same_value(vars(loaded)[name], value), name
+
+
+@pytest.fixture(scope="module")
+def saved(fitted, tmp_path_factory):
+    clf, X, y, _ = fitted
+    folder = save_model(clf, tmp_path_factory.mktemp("saved") / "model")
+    return clf, X, folder
+
+
+def test_roundtrip_predicts_identically_and_keeps_everything(saved):
+    clf, X, folder = saved
+    loaded = load_model(folder)
+    assert np.array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    assert np.array_equal(loaded.predict(X), clf.predict(X))
+    _check_same_estimator(loaded, clf)
+    assert loaded.classes_.dtype == clf.classes_.dtype
+    assert loaded.history_ == clf.history_
+
+
+def test_weights_load_into_torchvision_as_they_are(saved):
+    clf, X, folder = saved
+    state_dict = torch.load(folder / WEIGHTS_FILE, weights_only=True)
+    model = torchvision.models.resnet18(num_classes=len(clf.classes_))
+    model.load_state_dict(state_dict)  # strict: every key, every shape
+    # The gray stem spread over RGB computes the same on channel-repeated input.
+    images = (torch.from_numpy(X[:4]).float() / 255 - 0.5) / 0.5
+    gray = images.unsqueeze(1)
+    with torch.no_grad():
+        expected = clf.module_.to("cpu").eval()(gray)
+        got = model.eval()(gray.repeat(1, 3, 1, 1))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_json_says_what_it_holds(saved):
+    clf, _, folder = saved
+    document = json.loads((folder / ESTIMATOR_FILE).read_text())
+    assert document["format"] == FORMAT_NAME and document["format_version"] == 1
+    assert document["weights"]["num_classes"] == len(clf.classes_)
+    assert document["weights"]["input_channels"] == 1
+    assert document["params"]["arch"] == "resnet18"
+    assert document["attributes"]["best_epoch_"] == clf.best_epoch_
+    assert set(clf.get_params()) == set(document["params"])
+
+
+def test_rgb_bool_labels_and_unusual_parameters_roundtrip(tmp_path):
+    rng = np.random.RandomState(1)
+    X = rng.rand(16, 10, 14, 3).astype(np.float32)  # NHWC floats in [0, 1]
+    y = np.arange(16) % 2 == 0
+    clf = small_classifier(
+        max_iter=1,
+        batch_size=8,
+        normalization="imagenet",  # per-channel statistics: a 3-channel stem
+        layer_lr_decay={"fc": 1e-3, "layer4": 5e-4},  # a dict parameter
+        random_state=np.random.RandomState(0),
+        checkpoint_path=tmp_path / "ckpt.pth",  # a Path, not a str
+        device=torch.device("cpu"),
+        validation_fraction=0.0,
+    ).fit(X, y)
+    loaded = _roundtrip(clf, tmp_path / "model")
+    assert loaded.classes_.dtype == np.bool_
+    assert np.array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    _check_same_estimator(loaded, clf)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.array([3, 7, 11]),
+        np.array([-1, 0, 1], dtype=np.int8),
+        np.array(["cat", "dog", "owl"]),
+        np.array([0.5, 1.0, np.inf]),
+        np.array(["a", "b", "c"], dtype=object),
+    ],
+    ids=["int64", "int8", "str", "float", "object"],
+)
+def test_labels_keep_their_dtype(fitted, tmp_path, labels):
+    clf = copy.deepcopy(fitted[0])
+    clf.classes_ = labels
+    loaded = _roundtrip(clf, tmp_path / "model")
+    assert loaded.classes_.dtype == labels.dtype
+    assert _same_value(loaded.classes_, labels)
+    assert np.array_equal(loaded.predict(fitted[1]), clf.predict(fitted[1]))
+
+
+def test_any_plain_attribute_is_kept(fitted, tmp_path):
+    clf = copy.deepcopy(fitted[0])
+    clf.feature_names_in_ = np.array(["p0", "p1"], dtype=object)
+    clf.notes_ = {"sizes": (1, 2), 3: [np.float32(0.5), None, float("nan")]}
+    clf.history_ = [dict(r, val_loss=float("nan")) for r in clf.history_]
+    loaded = _roundtrip(clf, tmp_path / "model")
+    _check_same_estimator(loaded, clf)
+    assert type(loaded.notes_["sizes"]) is tuple
+    assert type(loaded.notes_[3][0]) is np.float32
+
+
+@pytest.mark.parametrize(
+    "change, what",
+    [
+        (lambda c: c.set_params(arch=lambda **kw: None), "parameter 'arch'"),
+        (lambda c: setattr(c, "extra_", object()), "attribute 'extra_'"),
+        (lambda c: setattr(c, "extra_", np.array([b"x"])), "dtype"),
+    ],
+    ids=["callable-parameter", "object-attribute", "bytes-array"],
+)
+def test_what_json_cannot_hold_is_refused_before_writing(
+    fitted, tmp_path, change, what
+):
+    clf = copy.deepcopy(fitted[0])
+    change(clf)
+    with pytest.raises(ValueError, match=what) as error:
+        save_model(clf, tmp_path / "model")
+    assert "pickle or joblib" in str(error.value)
+    assert not (tmp_path / "model").exists()
+
+
+def test_save_refuses_unfitted_foreign_and_file_targets(fitted, tmp_path):
+    with pytest.raises(NotFittedError):
+        save_model(small_classifier(), tmp_path / "a")
+    with pytest.raises(TypeError, match="ResNetFineTuneClassifier"):
+        save_model(object(), tmp_path / "b")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        save_model(fitted[0], tmp_path / "file")
+
+
+def test_pickle_and_joblib_still_work(fitted, tmp_path):
+    clf, X, *_ = fitted
+    expected = clf.predict_proba(X)
+    assert np.array_equal(pickle.loads(pickle.dumps(clf)).predict_proba(X), expected)
+    joblib.dump(clf, tmp_path / "clf.joblib")
+    assert np.array_equal(
+        joblib.load(tmp_path / "clf.joblib").predict_proba(X), expected
+    )
+
+
+# ---------------------------------------------------------- foreign files
+@pytest.fixture
+def copy_of_saved(saved, tmp_path):
+    """A folder of its own to tamper with."""
+    _, _, folder = saved
+    target = tmp_path / "model"
+    target.mkdir()
+    for name in (ESTIMATOR_FILE, WEIGHTS_FILE):
+        (target / name).write_bytes((folder / name).read_bytes())
+    return target
+
+
+def _edit_json(folder: Path, edit) -> None:
+    path = folder / ESTIMATOR_FILE
+    document = json.loads(path.read_text())
+    edit(document)
+    path.write_text(json.dumps(document))
+
+
+class _OpensAFile:
+    """Unpickling it calls open(marker, "w"): code a model file must never run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("hash_updated", [False, True])
+def test_a_pickle_with_code_never_runs(copy_of_saved, tmp_path, hash_updated):
+    marker = tmp_path / "marker"
+    weights = copy_of_saved / WEIGHTS_FILE
+    torch.save({"conv1.weight": _OpensAFile(marker)}, weights)
+    # The file does run code when unpickled without weights_only.
+    torch.load(weights, weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+    if hash_updated:  # the attacker also rewrote the recorded hash
+        from resnetclf._persistence import _sha256
+
+        _edit_json(
+            copy_of_saved, lambda d: d["weights"].update(sha256=_sha256(weights))
+        )
+    with pytest.raises(ValueError, match="weights.pth"):
+        load_model(copy_of_saved)
+    assert not marker.exists()
+
+
+def test_weights_of_another_network_are_refused(copy_of_saved):
+    from resnetclf._persistence import _sha256
+
+    weights = copy_of_saved / WEIGHTS_FILE
+    torch.save(torchvision.models.resnet18(num_classes=5).state_dict(), weights)
+    _edit_json(copy_of_saved, lambda d: d["weights"].update(sha256=_sha256(weights)))
+    with pytest.raises(ValueError, match=r"weights\.pth' does not fit.*fc\.weight"):
+        load_model(copy_of_saved)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda d: d.update(format="sklearn-onnx"), "another format"),
+        (lambda d: d.update(format_version=2), "format version 2"),
+        (lambda d: d.update(estimator="MLPClassifier"), "MLPClassifier"),
+        (lambda d: d["params"].update(max_iter="many"), "max_iter"),
+        (lambda d: d["params"].update(new_knob=1), "new_knob"),
+        (lambda d: d["attributes"].update(predict="x"), "predict"),
+        (lambda d: d["attributes"].update(arch_="x", weights="y"), "weights"),
+        (lambda d: d["attributes"].update(x_={"__eval__": "1"}), "__eval__"),
+        (lambda d: d["attributes"].pop("classes_"), "classes_"),
+        (
+            lambda d: d["attributes"]["classes_"]["__ndarray__"].update(
+                shape=[4], data=[0, 1, 2, 3]
+            ),
+            "4 classes",
+        ),
+        (
+            lambda d: d["attributes"]["classes_"]["__ndarray__"].update(dtype="|V8"),
+            "dtype",
+        ),
+        (lambda d: d["weights"].update(sha256="0" * 64), "SHA-256"),
+    ],
+    ids=[
+        "format",
+        "version",
+        "estimator",
+        "param-type",
+        "param-unknown",
+        "method-name",
+        "param-as-attribute",
+        "unknown-tag",
+        "no-classes",
+        "classes-vs-head",
+        "odd-dtype",
+        "hash",
+    ],
+)
+def test_tampered_json_is_refused(copy_of_saved, edit, match):
+    _edit_json(copy_of_saved, edit)
+    with pytest.raises(ValueError, match=match):
+        load_model(copy_of_saved)
+
+
+@pytest.mark.parametrize(
+    "text", [b"not json {", b"\xff\xfe\x00", b"[1, 2]", b'{"format": NaN}']
+)
+def test_garbage_json_is_refused(copy_of_saved, text):
+    (copy_of_saved / ESTIMATOR_FILE).write_bytes(text)
+    with pytest.raises(ValueError, match="estimator.json"):
+        load_model(copy_of_saved)
+
+
+@pytest.mark.parametrize("missing", [ESTIMATOR_FILE, WEIGHTS_FILE, None])
+def test_missing_files_are_named(copy_of_saved, missing):
+    folder = copy_of_saved
+    if missing is None:
+        folder = folder / "nowhere"
+    else:
+        (folder / missing).unlink()
+    with pytest.raises(FileNotFoundError, match=missing or ESTIMATOR_FILE):
+        load_model(folder)
