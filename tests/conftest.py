@@ -1,6 +1,12 @@
-"""Shared fixtures: tiny data and one fitted estimator many tests read."""
+"""Shared fixtures: tiny data and fitted estimators many tests read.
+
+Every fit here is a random ResNet18 on a few dozen 12x20 images for 1-3
+epochs: a few seconds each on a CPU. Session fixtures are read only.
+"""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -9,7 +15,7 @@ from resnetclf import ResNetFineTuneClassifier
 
 
 def small_classifier(**params) -> ResNetFineTuneClassifier:
-    """A configuration that fits in a fraction of a second on a CPU."""
+    """A configuration that fits in a few seconds on a CPU."""
     defaults = dict(
         arch="resnet18",
         weights=None,
@@ -20,6 +26,20 @@ def small_classifier(**params) -> ResNetFineTuneClassifier:
     )
     defaults.update(params)
     return ResNetFineTuneClassifier(**defaults)
+
+
+def head_only_classifier(**params) -> ResNetFineTuneClassifier:
+    """Only the head trains, on a frozen random backbone: a fit that learns.
+
+    A random ResNet trained end to end on a handful of batches predicts at
+    chance in evaluation mode: its batch-norm running statistics are still far
+    from the batches'. A frozen backbone stays in evaluation mode while the
+    head trains, so what training learns shows in ``predict`` and in the
+    validation score, epoch by epoch.
+    """
+    defaults = dict(layer_lr_decay=0.0, lr=3e-2, batch_size=8)
+    defaults.update(params)
+    return small_classifier(**defaults)
 
 
 @pytest.fixture(scope="session")
@@ -33,9 +53,48 @@ def tiny_images():
 
 @pytest.fixture(scope="session")
 def fitted(tiny_images, tmp_path_factory):
-    """Fitted with explicit validation data and a checkpoint file; read only."""
+    """Fitted with explicit validation data and a checkpoint file; read only.
+
+    For plumbing: its validation accuracy is at chance in every epoch, so it
+    cannot tell which epoch's weights were kept (``best_epoch_fits`` can).
+    """
     X, y = tiny_images
     path = tmp_path_factory.mktemp("fitted") / "resnet-step.pth"
     clf = small_classifier(max_iter=3, checkpoint_path=str(path))
     clf.fit(X[:36], y[:36], X_val=X[36:], y_val=y[36:])
     return clf, X, y, path
+
+
+class BestEpochFits(NamedTuple):
+    """Fits whose best epoch is the first of three, and a fit of that epoch only."""
+
+    three_epochs: ResNetFineTuneClassifier
+    one_epoch: ResNetFineTuneClassifier
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    checkpoint: object  # pathlib.Path of three_epochs' checkpoint
+
+
+def best_epoch_data(tiny_images):
+    """Training data, and validation data whose labels training unlearns.
+
+    The validation labels are the training rule shifted by one class, so the
+    better the head learns the training images, the lower the validation
+    accuracy: the first epoch is the best and the last one is worse.
+    """
+    X, y = tiny_images
+    return X[:36], y[:36], X[36:], (y[36:] + 1) % 3
+
+
+@pytest.fixture(scope="session")
+def best_epoch_fits(tiny_images, tmp_path_factory) -> BestEpochFits:
+    X_train, y_train, X_val, y_val = best_epoch_data(tiny_images)
+    path = tmp_path_factory.mktemp("best_epoch") / "best.pth"
+    three = head_only_classifier(max_iter=3, checkpoint_path=str(path))
+    three.fit(X_train, y_train, X_val=X_val, y_val=y_val)
+    # The same seed and settings for one epoch: the first epoch's weights.
+    one = head_only_classifier(max_iter=1)
+    one.fit(X_train, y_train, X_val=X_val, y_val=y_val)
+    return BestEpochFits(three, one, X_train, y_train, X_val, y_val, path)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 
-from conftest import small_classifier
+from conftest import head_only_classifier, small_classifier
 from resnetclf import _training
 from resnetclf._checkpoint import load_state_dict_file
 
@@ -169,8 +169,8 @@ def test_inputs_are_not_modified(tiny_images):
         np.testing.assert_array_equal(original, copy)
 
 
-def test_keyboard_interrupt_keeps_best_weights(tiny_images, monkeypatch):
-    X, y = tiny_images
+def test_keyboard_interrupt_keeps_best_weights(best_epoch_fits, monkeypatch):
+    fits = best_epoch_fits
     original = _training.EpochLoop.train_epoch
     calls = {"n": 0}
 
@@ -181,11 +181,20 @@ def test_keyboard_interrupt_keeps_best_weights(tiny_images, monkeypatch):
         return original(self, data)
 
     monkeypatch.setattr(_training.EpochLoop, "train_epoch", interrupted_in_epoch_3)
-    clf = small_classifier(max_iter=5)
+    clf = head_only_classifier(max_iter=5)
     with pytest.warns(UserWarning, match="interrupted"):
-        clf.fit(X[:36], y[:36], X_val=X[36:], y_val=y[36:])
+        clf.fit(fits.X_train, fits.y_train, X_val=fits.X_val, y_val=fits.y_val)
     assert clf.n_iter_ == 2 == len(clf.history_)
-    assert clf.score(X[36:], y[36:]) == clf.best_score_
+    # Epoch 1 was the best and epoch 2 worse: the model holds epoch 1's weights.
+    assert clf.best_epoch_ == 1
+    assert clf.history_[1]["val_accuracy"] < clf.best_score_
+    assert clf.score(fits.X_val, fits.y_val) == clf.best_score_
+    np.testing.assert_allclose(
+        clf.predict_proba(fits.X_val),
+        fits.one_epoch.predict_proba(fits.X_val),
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 def test_out_of_memory_suggests_smaller_batch(tiny_images, monkeypatch):
@@ -199,20 +208,24 @@ def test_out_of_memory_suggests_smaller_batch(tiny_images, monkeypatch):
         small_classifier(batch_size=16).fit(X, y)
 
 
-def test_parallel_fits_sharing_a_checkpoint_path(tiny_images, tmp_path):
-    X, y = tiny_images
+def test_parallel_fits_sharing_a_checkpoint_path(best_epoch_fits, tmp_path):
+    fits = best_epoch_fits
     path = tmp_path / "shared.pth"
 
     def fit(seed):
-        clf = small_classifier(random_state=seed, checkpoint_path=str(path))
-        return clf.fit(X[:36], y[:36], X_val=X[36:], y_val=y[36:])
+        clf = head_only_classifier(
+            max_iter=3, random_state=seed, checkpoint_path=str(path)
+        )
+        return clf.fit(fits.X_train, fits.y_train, X_val=fits.X_val, y_val=fits.y_val)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fits = joblib.Parallel(n_jobs=2)(joblib.delayed(fit)(s) for s in (0, 1))
-    # Each keeps its own best weights, whatever the shared file ended up with.
-    for clf in fits:
-        assert clf.score(X[36:], y[36:]) == clf.best_score_
+        results = joblib.Parallel(n_jobs=2)(joblib.delayed(fit)(s) for s in (0, 1))
+    # Each keeps its own best weights, whatever the shared file ended up with;
+    # in each, a later epoch was worse, so keeping the last would show.
+    for clf in results:
+        assert clf.history_[-1]["val_accuracy"] < clf.best_score_
+        assert clf.score(fits.X_val, fits.y_val) == clf.best_score_
     state = load_state_dict_file(path)
     assert state["fc.weight"].shape == (3, 512)
     assert not list(tmp_path.glob("*.tmp"))
