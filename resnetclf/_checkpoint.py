@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
-import tempfile
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,33 +17,64 @@ __all__ = ["load_state_dict_file", "save_state_dict_atomic"]
 def save_state_dict_atomic(state_dict: Mapping[str, torch.Tensor], path) -> Path:
     """Write ``state_dict`` to ``path`` so that readers never see a partial file.
 
-    The tensors go to a uniquely named temporary file in the destination folder,
-    which is flushed to disk and then renamed over ``path``. A rename within one
-    file system is atomic, so a process killed mid-save leaves the previous file
-    intact, and parallel writers to the same path never interleave their bytes.
+    The tensors go to a new, uniquely named temporary file in the destination
+    folder, which is flushed to disk and then renamed over ``path``; the folder
+    is flushed too, so the rename itself survives a power loss. A rename within
+    one file system is atomic, so a process killed mid-save leaves the previous
+    file intact, and parallel writers to the same path never interleave their
+    bytes. The file gets the mode a plain ``open()`` would give it (0666 less
+    the umask), without reading or changing the process-wide umask.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cpu_state = {key: value.detach().cpu() for key, value in state_dict.items()}
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
+    tmp_path, fd = _create_temporary_file(path)
     try:
-        # mkstemp creates the file private (0600); give it the mode a plain
-        # open() would, so the checkpoint is as readable as torch.save's.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as tmp_file:
             torch.save(cpu_state, tmp_file)
             tmp_file.flush()
             os.fsync(tmp_file.fileno())
-        os.replace(tmp_name, path)
+        os.replace(tmp_path, path)
     except BaseException:
         # Whatever went wrong (disk full, KeyboardInterrupt), the old file stays.
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp_path.unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
     return path
+
+
+def _create_temporary_file(path: Path) -> tuple[Path, int]:
+    """A new file next to ``path``, open for writing, that no one else has.
+
+    ``tempfile.mkstemp`` would make it private (0600); created here with 0666,
+    the kernel applies the umask as it does for ``open()``.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp_path = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            return tmp_path, os.open(tmp_path, flags, 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name next to '{path}'")
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries, so that a rename into it is on disk.
+
+    POSIX only: Windows cannot open a folder as a file, and NTFS journals the
+    rename itself. File systems that cannot sync a folder (EINVAL) are skipped.
+    """
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 def load_state_dict_file(path) -> dict[str, torch.Tensor]:
