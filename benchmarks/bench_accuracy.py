@@ -45,7 +45,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_fit import BenchConfig, run_report_loop  # noqa: E402
+from _report_loop import run_report_loop  # noqa: E402
+from _suite import BenchConfig  # noqa: E402
 
 from resnetclf import ResNetFineTuneClassifier  # noqa: E402
 from resnetclf._param_groups import StageParamGroups  # noqa: E402

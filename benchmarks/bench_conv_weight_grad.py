@@ -20,24 +20,28 @@ Ratios above 1 mean the product is faster. Example::
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import contextlib
+import functools
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import _harness
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import resnetclf._estimator
 from resnetclf._acceleration.conv_weight_grad import (
     gemm_weight_grads,
     uses_gemm_weight_grad,
     weight_grad_by_gemm,
 )
 from resnetclf._backbone import build_resnet
+
+VARIANTS = ("onednn", "library")
 
 
 def median_seconds(function: Callable[[], Any], rounds: int, repeats: int) -> float:
@@ -130,25 +134,26 @@ def time_steps(
 ) -> dict[str, list[float]]:
     """Seconds per training step, oneDNN only vs the library's switch."""
     targets = torch.randint(0, model.fc.out_features, (len(images),))
-    fused = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 4)
-    optimizer = torch.optim.Adam(model.parameters(), fused=fused or None)
+    # fit's fused Adam, over one group.
+    optimizer = resnetclf._estimator._make_optimizer(
+        "adam", [{"params": list(model.parameters())}], torch.device("cpu")
+    )
 
     def step() -> None:
-        loss = F.cross_entropy(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _harness.train_step(model, optimizer, images, targets)
 
-    seconds: dict[str, list[float]] = {"onednn": [], "library": []}
-    for _ in range(rounds):
-        for variant in seconds:
-            with gemm_weight_grads(model, enabled=variant == "library"):
-                step()  # warm-up after the switch
-                start = time.perf_counter()
-                for _ in range(steps):
-                    step()
-                seconds[variant].append((time.perf_counter() - start) / steps)
-    return seconds
+    @contextlib.contextmanager
+    def switched(enabled: bool) -> Iterator[None]:
+        with gemm_weight_grads(model, enabled=enabled):
+            step()  # warm-up after the switch, untimed
+            yield
+
+    watches = _harness.alternate(
+        {variant: lambda: [step() for _ in range(steps)] for variant in VARIANTS},
+        rounds,
+        around={v: functools.partial(switched, v == "library") for v in VARIANTS},
+    )
+    return {v: [w.wall / steps for w in watches[v]] for v in VARIANTS}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -202,9 +207,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
         },
         "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "torch": torch.__version__,
+            **_harness.machine_info(torch.device("cpu")),
             "torch_threads": torch.get_num_threads(),
         },
         "convolutions": convolutions,
@@ -212,8 +215,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "step_ms": {k: 1000 * statistics.median(v) for k, v in steps.items()},
     }
     print(format_table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    _harness.write_json(args.json, result)
     return result
 
 

@@ -1,6 +1,6 @@
 """What CUDA graphs add to fit's GPU memory.
 
-One epoch of ``fit`` on the stub network of ``bench_fit.py`` (a few hundred
+One epoch of ``fit`` on the stub network of ``bench_memory.py`` (a few hundred
 weights, so only the library's own memory shows), with and without CUDA
 graphs, in one process; the peak of ``torch.cuda.max_memory_allocated``
 above what was allocated before the call. The data set itself (kept on the
@@ -17,24 +17,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import _harness
 import numpy as np
 import torch
+from bench_memory import StubResNet
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fit import StubResNet  # noqa: E402
-
-import resnetclf._estimator  # noqa: E402
-from resnetclf import ResNetFineTuneClassifier  # noqa: E402
-from resnetclf._acceleration.devices import resolve_device  # noqa: E402
+import resnetclf._estimator
+from resnetclf import ResNetFineTuneClassifier
 
 VARIANTS = ("cuda_graphs", "no_cuda_graphs")
 MIB = 2**20
@@ -62,7 +58,7 @@ def fit_peak(
     X: np.ndarray, y: np.ndarray, variant: str, args: argparse.Namespace
 ) -> float | None:
     """MiB that one epoch of fit allocates on the GPU at its peak; None off CUDA."""
-    device = resolve_device(args.device)
+    device = _harness.resolve_device(args.device)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
@@ -88,12 +84,10 @@ def fit_peak(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    rng = np.random.RandomState(0)
-    X = rng.randint(0, 256, (args.n_samples, args.height, args.width)).astype(np.uint8)
-    y = np.arange(args.n_samples) % 37
+    X, y = _harness.synthetic_images(args.n_samples, args.height, args.width, 37, 0)
     fit_peak(X[: 4 * args.batch_size], y[: 4 * args.batch_size], VARIANTS[0], args)
     peaks = {variant: fit_peak(X, y, variant, args) for variant in VARIANTS}
-    device = resolve_device(args.device)
+    device = _harness.resolve_device(args.device)
     return {
         "config": vars(args),
         "device": (
@@ -133,8 +127,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     result = run(args)
     print(format_table(result))
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=1, default=str))
+    _harness.write_json(args.json, result)
     return result
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import platform
 import statistics
 import sys
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import _harness
 import numpy as np
 import torch
 
@@ -98,17 +98,6 @@ def _variant_params(name: str) -> dict[str, Any]:
     return {}
 
 
-def make_data(
-    n_samples: int, height: int, width: int, n_classes: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random uint8 grayscale images and balanced labels."""
-    rng = np.random.default_rng(seed)
-    X = rng.integers(0, 256, size=(n_samples, height, width), dtype=np.uint8)
-    y = np.arange(n_samples) % n_classes
-    rng.shuffle(y)
-    return X, y
-
-
 def time_fit(
     name: str, X: np.ndarray, y: np.ndarray, base_params: dict[str, Any]
 ) -> float:
@@ -127,11 +116,7 @@ def time_fit(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu")
-        if args.device == "auto"
-        else args.device
-    )
+    device = _harness.resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = [
@@ -139,7 +124,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name in args.variants.split(",")
         if name not in (CPU_ONLY if device.type == "cuda" else CUDA_ONLY)
     ]
-    X, y = make_data(args.n_samples, args.height, args.width, args.n_classes, 0)
+    X, y = _harness.synthetic_images(
+        args.n_samples, args.height, args.width, args.n_classes, 0
+    )
     base_params = {
         "arch": args.arch,
         "weights": None,
@@ -160,11 +147,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "config": vars(args) | {"json": str(args.json) if args.json else None},
         "machine": {
-            "device": str(device),
+            **_harness.machine_info(device),
             "device_name": torch.cuda.get_device_name(device)
             if device.type == "cuda"
             else platform.processor() or platform.machine(),
-            "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
         },
         "images_per_second": rates,
@@ -220,9 +206,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit("need --n-samples >= 2 * --n-classes")
     result = run(args)
     print(format_table(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    _harness.write_json(args.json, result)
     return result
 
 

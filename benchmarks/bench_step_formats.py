@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Sequence
 from typing import Any
 
+import _harness
+import _suite
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from resnetclf._backbone import build_resnet
-from resnetclf._param_groups import StageParamGroups, stage_learning_rates
 
 VARIANTS = {
     "channels_last": (torch.channels_last, torch.channels_last),
@@ -37,12 +36,10 @@ VARIANTS = {
 
 
 def build(arch: str, weights_format: torch.memory_format) -> tuple[nn.Module, Any]:
+    """The library's network in ``weights_format``, with fit's optimizer."""
     torch.manual_seed(0)
     model = build_resnet(arch, None, 37, 1).to(memory_format=weights_format)
-    stage_lrs = stage_learning_rates(1e-3, 0.5)
-    groups = StageParamGroups(model, stage_lrs, 1e-4, stem_fold=3).groups
-    fused = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 4)
-    return model.train(), torch.optim.Adam(groups, fused=fused or None)
+    return model.train(), _suite.library_optimizer(model, torch.device("cpu"))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
@@ -62,29 +59,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     runs = {}
     for name, (weights_format, input_format) in VARIANTS.items():
         model, optimizer = build(args.arch, weights_format)
-        runs[name] = (model, optimizer, images.contiguous(memory_format=input_format))
-
-    def step(model, optimizer, inputs) -> None:
-        loss = F.cross_entropy(model(inputs), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+        inputs = images.contiguous(memory_format=input_format)
+        runs[name] = (model, optimizer, inputs, targets)
     for run in runs.values():
         for _ in range(2):  # warm-up: oneDNN primitives, optimizer state
-            step(*run)
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.rounds):
-        for name, run in runs.items():
-            start = time.process_time()
-            for _ in range(args.steps):
-                step(*run)
-            seconds[name].append((time.process_time() - start) / args.steps)
+            _harness.train_step(*run)
+
+    def steps(run) -> Any:
+        return lambda: [_harness.train_step(*run) for _ in range(args.steps)]
+
+    rounds = _harness.alternate(
+        {name: steps(run) for name, run in runs.items()}, args.rounds
+    )
     print(
         f"{args.arch} {args.height}x{args.width}, batch {args.batch_size}, "
         f"{args.threads} thread(s), CPU ms per step (median of {args.rounds})"
     )
-    medians = {name: 1000 * statistics.median(v) for name, v in seconds.items()}
+    medians = {
+        name: 1000 * statistics.median(w.cpu / args.steps for w in watches)
+        for name, watches in rounds.items()
+    }
     for name, milliseconds in medians.items():
         print(f"  {name:<20} {milliseconds:8.1f}")
     return medians

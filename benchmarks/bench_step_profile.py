@@ -29,8 +29,6 @@ autograd bookkeeping). Example::
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from collections import defaultdict
@@ -38,15 +36,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import _harness
+import _suite
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-import resnetclf._estimator
 from resnetclf._acceleration.conv_weight_grad import gemm_weight_grads
 from resnetclf._backbone import build_resnet
-from resnetclf._param_groups import StageParamGroups, stage_learning_rates
 
 LAYOUTS = ("library", "plain")
 PHASES = ("forward", "backward", "optimizer")
@@ -142,10 +140,7 @@ def build_layout(
     memory_format = torch.channels_last if library else torch.contiguous_format
     model = build_resnet(arch, None, 37, channels).to(memory_format=memory_format)
     if library:
-        stage_lrs = stage_learning_rates(1e-3, 0.5)
-        groups = StageParamGroups(model, stage_lrs, 1e-4, stem_fold=3).groups
-        device = torch.device("cpu")
-        optimizer = resnetclf._estimator._make_optimizer("adam", groups, device)
+        optimizer = _suite.library_optimizer(model, torch.device("cpu"))
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
     gray = torch.rand(batch_size, 1, height, width) * 2 - 1
@@ -250,14 +245,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with gemm_weight_grads(model, enabled=layout == "library"):
             for _ in range(args.warmup):
                 _phase_step(model, optimizer, inputs, targets)
-    rounds: dict[str, list[dict[str, float]]] = {layout: [] for layout in LAYOUTS}
-    for _ in range(args.rounds):
-        for layout, (model, optimizer, inputs, targets) in built.items():
-            with gemm_weight_grads(model, enabled=layout == "library"):
-                for _ in range(args.steps):
-                    rounds[layout].append(
-                        _phase_step(model, optimizer, inputs, targets)
-                    )
+
+    def switch(layout: str) -> Callable[[], Any]:
+        model = built[layout][0]
+        return lambda: gemm_weight_grads(model, enabled=layout == "library")
+
+    def steps(layout: str) -> Callable[[], list[dict[str, float]]]:
+        return lambda: [_phase_step(*built[layout]) for _ in range(args.steps)]
+
+    watches = _harness.alternate(
+        {layout: steps(layout) for layout in LAYOUTS},
+        args.rounds,
+        around={layout: switch(layout) for layout in LAYOUTS},
+    )
+    rounds = {
+        layout: [s for w in watches[layout] for s in w.result] for layout in LAYOUTS
+    }
     for layout, (model, optimizer, inputs, targets) in built.items():
         phases = {
             phase: statistics.median(s[phase] for s in rounds[layout]) * 1e3
@@ -278,9 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "config": vars(args) | {"json": str(args.json) if args.json else None},
         "machine": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "processor": platform.processor() or platform.machine(),
+            **_harness.machine_info(torch.device("cpu")),
             "torch_threads": torch.get_num_threads(),
         },
         "layouts": results,
@@ -352,9 +353,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     result = run(args)
     print_report(result)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+    _harness.write_json(args.json, result)
     return result
 
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks, in one go on a machine with CUDA, most telling first: the
 # CUDA-graph tests, what CUDA graphs are worth inside fit, ResNet50 at 40x168
-# in bf16 against the report-style loop and the model-step bound, the other
-# CUDA tests, then what the graphs add to GPU memory. Logs and JSON go to
-# OUT_DIR.
+# in bf16 against the report-style loop and the model-step bound, predict
+# against a plain eval loop, the memory fit and predict add, the other CUDA
+# tests, then what the graphs add to GPU memory. Logs and JSON go to OUT_DIR.
 #
 #   bash benchmarks/gpu_session.sh OUT_DIR
 #
@@ -32,10 +32,18 @@ timeout 120 "$python" benchmarks/bench_means.py --device cuda --arch resnet50 \
     --variants "$variants" \
     --json "$out/means_resnet50_40x168_cuda.json" 2>&1 | tee "$out/bench_means.txt"
 
-timeout 300 "$python" benchmarks/bench_fit.py --device cuda --arch resnet50 \
+timeout 240 "$python" benchmarks/bench_fit.py --device cuda --arch resnet50 \
     --height 40 --width 168 --batch-size 64 --n-samples "$samples" --epochs 3 \
-    --repeats 2 --step-iters 30 --predict-samples "$samples" \
-    --json "$out/resnet50_40x168_cuda.json" 2>&1 | tee "$out/bench_fit.txt"
+    --repeats 2 --step-iters 30 \
+    --json "$out/fit_resnet50_40x168_cuda.json" 2>&1 | tee "$out/bench_fit.txt"
+
+timeout 120 "$python" benchmarks/bench_predict.py --device cuda --arch resnet50 \
+    --height 40 --width 168 --batch-size 64 --predict-samples "$samples" \
+    --repeats 2 \
+    --json "$out/predict_resnet50_40x168_cuda.json" 2>&1 | tee "$out/bench_predict.txt"
+
+timeout 180 "$python" benchmarks/bench_memory.py --device cuda --height 40 \
+    --width 168 --json "$out/memory_40x168_cuda.json" 2>&1 | tee "$out/bench_memory.txt"
 
 timeout 240 "${pytest[@]}" tests/test_cuda.py -k "not graph" 2>&1 | tee "$out/test_cuda.txt"
 
