@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from resnetclf._checkpoint import load_state_dict_file
+from resnetclf._lora import merged_state_dict
 
 __all__ = [
     "RESNET_ARCHS",
@@ -116,11 +117,13 @@ def to_torchvision_layout(model: nn.Module) -> dict[str, torch.Tensor]:
     A folded grayscale stem is spread back over three channels (each about a
     third of the sum, see ``spread_over_rgb``), which gives the same outputs on
     channel-repeated input, so the file loads straight into
-    ``torchvision.models.<arch>(num_classes=...)``. The tensors are on the CPU,
-    so a file written on a GPU loads anywhere.
+    ``torchvision.models.<arch>(num_classes=...)``. Low-rank adapters are
+    merged into their weights (the model keeps them). The tensors are on the
+    CPU, so a file written on a GPU loads anywhere.
     """
+    # A model with low-rank adapters is written with them merged.
     state_dict = {
-        k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+        k: v.detach().to("cpu", copy=True) for k, v in merged_state_dict(model).items()
     }
     conv1 = state_dict["conv1.weight"]
     if conv1.shape[1] == 1:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from numbers import Real
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 __all__ = [
     "STAGES",
@@ -83,7 +84,23 @@ def freeze_stages(model: nn.Module, stage_lrs: Mapping[str, float]) -> list[str]
     for stage, modules in stage_modules(model).items():
         for module in modules:
             module.requires_grad_(stage not in frozen)
+    # A weight under a parametrization (LoRA's pretrained weight) trains only
+    # through it, whichever stages are frozen now.
+    for weight in parametrized_originals(model):
+        weight.requires_grad_(False)
     return frozen
+
+
+def parametrized_originals(model: nn.Module) -> list[nn.Parameter]:
+    """The tensors stored under parametrizations: with LoRA, the frozen
+    pretrained weights, which only their adapters change."""
+    return [
+        parametrization.original
+        for module in model.modules()
+        if parametrize.is_parametrized(module)
+        for parametrization in module.parametrizations.values()
+        if hasattr(parametrization, "original")
+    ]
 
 
 def set_frozen_to_eval(model: nn.Module, frozen: list[str]) -> None:
@@ -109,6 +126,11 @@ class StageParamGroups:
     ``stem_fold`` times the stem's rate with ``1 / stem_fold`` of the weight
     decay: the folded network then follows the channel-repeated one step for
     step (exactly for SGD and AdamW, and for Adam without weight decay).
+
+    With low-rank adapters (see ``resnetclf._lora``), the frozen weights under
+    them are left out; the factors are weights like any other (decayed, which
+    pulls the change towards the pretrained weights), and in a folded stem
+    only the input-side factor ``down`` takes the scaled rate and decay.
 
     Parameters
     ----------
@@ -138,20 +160,26 @@ class StageParamGroups:
     ) -> None:
         self.groups: list[dict] = []
         self.stages: list[str] = []
+        originals = {id(p) for p in parametrized_originals(model)}
+        folded = {id(k) for k in _folded_kernels(model.conv1)}
         for stage, modules in stage_modules(model).items():
             if stage_lrs[stage] == 0:
                 continue
-            params = [p for m in modules for p in m.parameters()]
-            decayed = [p for p in params if p.ndim > 1]
+            params = [
+                p for m in modules for p in m.parameters() if id(p) not in originals
+            ]
+            scaled = [p for p in params if stage == "stem" and id(p) in folded]
+            decayed = [p for p in params if p.ndim > 1 and id(p) not in folded]
             not_decayed = [p for p in params if p.ndim <= 1]
-            scale = stem_fold if stage == "stem" else 1
-            for group_params, lr, decay in (
-                (decayed, stage_lrs[stage] * scale, weight_decay / scale),
-                (not_decayed, stage_lrs[stage], 0.0),
+            lr = stage_lrs[stage]
+            for group_params, group_lr, decay in (
+                (scaled, lr * stem_fold, weight_decay / stem_fold),
+                (decayed, lr, weight_decay),
+                (not_decayed, lr, 0.0),
             ):
                 if group_params:
                     self.groups.append(
-                        {"params": group_params, "lr": lr, "weight_decay": decay}
+                        {"params": group_params, "lr": group_lr, "weight_decay": decay}
                     )
                     self.stages.append(stage)
 
@@ -165,3 +193,12 @@ class StageParamGroups:
         for stage, group in zip(self.stages, optimizer.param_groups):
             rates[stage] = float(group["lr"])  # the 1-D group comes last
         return rates
+
+
+def _folded_kernels(conv: nn.Conv2d) -> list[nn.Parameter]:
+    """What a folded stem trains across its input channels: the kernel or,
+    under a low-rank adapter, the adapter's input-side factor ``down`` (its
+    ``up`` factor gets the summed gradient once, so it needs no scaling)."""
+    if not parametrize.is_parametrized(conv, "weight"):
+        return [conv.weight]
+    return [p.down for p in conv.parametrizations.weight if hasattr(p, "down")]
