@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -115,6 +116,16 @@ FIGURES = {
 }
 
 
+def _commit(checkout: str) -> str | None:
+    """The checkout's commit, and ``+changes`` if its work tree differs."""
+    git = ["git", "-C", checkout]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return None
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "resnetclf"])
+    return head.stdout.strip() + (" +changes" if dirty.returncode else "")
+
+
 def run(
     checkouts: Sequence[Path], config: CheckoutConfig, rounds: int, env: dict
 ) -> dict[str, Any]:
@@ -140,6 +151,7 @@ def run(
         "config": asdict(config),
         "rounds": rounds,
         "checkouts": names,
+        "commits": {name: _commit(name) for name in names},
         "machine": _harness.machine_info(_harness.resolve_device("cpu"), env),
         "runs": runs,
         "medians": medians,
@@ -160,8 +172,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"{c['arch']} {c['height']}x{c['width']}, batch {c['batch_size']}, "
         f"{c['n_samples']} images, {c['epochs']} epochs, {c['threads']} thread(s), "
         f"{result['rounds']} rounds; medians",
-        f"  first:  {first}",
-        f"  second: {second}",
+        f"  first:  {first} ({result['commits'][first]})",
+        f"  second: {second} ({result['commits'][second]})",
         f"{'images/s':<28}{'first':>10}{'second':>10}{'second/first':>14}"
         "  (each round)",
     ]
