@@ -1,9 +1,12 @@
-"""Build a torchvision ResNet by name, load its weights, fit its stem and head."""
+"""Build a torchvision ResNet by name or callable, load its weights, fit its stem
+and head."""
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,23 +46,52 @@ class WeightsUnavailableError(RuntimeError):
     """Pretrained weights could neither be found in the cache nor downloaded."""
 
 
-def check_arch(arch) -> str:
-    """Return ``arch`` if torchvision builds it as a ResNet, else raise ValueError."""
-    if arch not in RESNET_ARCHS:
-        raise ValueError(
-            f"arch must be one of {', '.join(RESNET_ARCHS)}; got {arch!r}. Other "
-            "torchvision models lack ResNet's conv1/layer1..4/fc layout."
+# What a network needs for stages, the grayscale stem and the head.
+_RESNET_LAYOUT = (
+    ("conv1", nn.Conv2d),
+    ("bn1", nn.Module),
+    ("layer1", nn.Module),
+    ("layer2", nn.Module),
+    ("layer3", nn.Module),
+    ("layer4", nn.Module),
+    ("fc", nn.Linear),
+)
+
+Arch = str | Callable[[], nn.Module]
+
+
+def check_arch(arch) -> Arch:
+    """Return ``arch`` if it names a torchvision ResNet builder or is callable.
+
+    What a callable returns is checked when :func:`build_resnet` calls it.
+    """
+    if isinstance(arch, str):
+        if arch not in RESNET_ARCHS:
+            raise ValueError(
+                f"arch must be one of {', '.join(RESNET_ARCHS)}, or a callable "
+                f"that returns a torchvision ResNet; got {arch!r}. Other "
+                "torchvision models lack ResNet's conv1/layer1..4/fc layout."
+            )
+        return arch
+    if not callable(arch):
+        raise TypeError(
+            "arch must be the name of a torchvision ResNet builder or a callable "
+            f"that returns a torchvision.models.ResNet; got {type(arch).__name__}"
         )
     return arch
 
 
-def resolve_weights(arch: str, weights) -> WeightsEnum | Path | None:
+def resolve_weights(arch: Arch, weights) -> WeightsEnum | Path | None:
     """Turn the ``weights`` parameter into a torchvision enum, a file path or None.
 
-    Nothing is downloaded or read here, so that bad values fail fast.
+    Nothing is downloaded or read here, so that bad values fail fast. A
+    callable ``arch`` builds a network torchvision has no weights for: it
+    takes None or a state dict file.
     """
     if weights is None:
         return None
+    if not isinstance(arch, str):
+        return _resolve_file_weights(arch, weights)
     weights_enum = torchvision.models.get_model_weights(arch)
     if isinstance(weights, WeightsEnum):
         if not isinstance(weights, weights_enum):
@@ -87,8 +119,28 @@ def resolve_weights(arch: str, weights) -> WeightsEnum | Path | None:
     raise FileNotFoundError(f"weights file not found: '{path}'")
 
 
+def _resolve_file_weights(arch: Callable, weights) -> Path:
+    if not isinstance(weights, (str, os.PathLike, WeightsEnum)):
+        raise TypeError(
+            "weights must be None or a path to a state dict when arch is a "
+            f"callable; got {type(weights).__name__}"
+        )
+    if not isinstance(weights, WeightsEnum):
+        path = Path(weights)
+        if path.is_file():
+            return path
+        if not isinstance(weights, str) or _looks_like_path(weights):
+            raise FileNotFoundError(f"weights file not found: '{path}'")
+    raise ValueError(
+        f"weights={weights!r} names torchvision weights, which only an arch "
+        f"given by name has; arch={_arch_label(arch)} is a callable. Pass "
+        "weights=None (random initialisation) or a path to a state dict "
+        "file that fits the network it builds."
+    )
+
+
 def build_resnet(
-    arch: str,
+    arch: Arch,
     weights: WeightsEnum | Path | None,
     n_classes: int,
     in_channels: int,
@@ -96,11 +148,16 @@ def build_resnet(
     """Build ``arch`` with ``weights``, a new ``n_classes`` head and a stem for
     ``in_channels`` (1 or 3) input channels.
 
+    A named ``arch`` is torchvision's builder; a callable one is called with
+    no arguments and must return a ``torchvision.models.ResNet`` with an RGB
+    ``conv1`` (a TypeError or ValueError names ``arch`` otherwise). Either
+    way the head is replaced when its size is not ``n_classes``.
+
     A grayscale stem is the pretrained RGB ``conv1`` summed over its input
     channels: feeding it one channel gives exactly what the RGB stem gives for
     that channel repeated three times, at a third of the stem's cost.
     """
-    model = getattr(torchvision.models, arch)(weights=None)
+    model = _new_network(arch)
     if weights is not None:
         state_dict = _read_weights(weights)
         model.load_state_dict(_adapt_state_dict(state_dict, model, arch))
@@ -148,6 +205,44 @@ def spread_over_rgb(kernel: torch.Tensor) -> torch.Tensor:
     return torch.cat([third, third, rest], dim=1).to(kernel.dtype)
 
 
+def _new_network(arch: Arch) -> nn.Module:
+    if isinstance(arch, str):
+        return getattr(torchvision.models, arch)(weights=None)
+    # No arguments: like a named builder's default network, its head is
+    # replaced to fit the classes, so the callable needs no given signature.
+    model = arch()
+    label = _arch_label(arch)
+    if not isinstance(model, torchvision.models.ResNet):
+        raise TypeError(
+            f"arch={label} returned {type(model).__name__}; a callable arch must "
+            "return a torchvision.models.ResNet, e.g. functools.partial("
+            "torchvision.models.resnet.ResNet, BasicBlock, [1, 1, 1, 1])"
+        )
+    wrong = [
+        f"{name} ({kind.__name__})"
+        for name, kind in _RESNET_LAYOUT
+        if not isinstance(getattr(model, name, None), kind)
+    ]
+    if wrong:
+        raise TypeError(
+            f"arch={label} returned a ResNet without ResNet's layout: it needs "
+            f"{', '.join(wrong)}"
+        )
+    if model.conv1.in_channels != 3:
+        raise ValueError(
+            f"arch={label} returned a ResNet whose conv1 takes "
+            f"{model.conv1.in_channels} input channels; it must take 3 (RGB), "
+            "which grayscale images fold into 1"
+        )
+    return model
+
+
+def _arch_label(arch: Arch) -> str:
+    if isinstance(arch, (str, functools.partial)):
+        return repr(arch)
+    return getattr(arch, "__qualname__", None) or repr(arch)
+
+
 def _read_weights(weights: WeightsEnum | Path) -> dict[str, torch.Tensor]:
     if isinstance(weights, Path):
         return load_state_dict_file(weights)
@@ -179,7 +274,7 @@ def _read_weights(weights: WeightsEnum | Path) -> dict[str, torch.Tensor]:
 
 
 def _adapt_state_dict(
-    state_dict: dict[str, torch.Tensor], model: nn.Module, arch: str
+    state_dict: dict[str, torch.Tensor], model: nn.Module, arch: Arch
 ) -> dict[str, torch.Tensor]:
     """Check a state dict against ``model`` and fit its stem and head.
 
@@ -219,7 +314,9 @@ def _adapt_state_dict(
             if keys:
                 shown = ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else "")
                 parts.append(f"{len(keys)} {label}: {shown}")
-        raise ValueError(f"the weights do not fit arch={arch!r}: " + "; ".join(parts))
+        raise ValueError(
+            f"the weights do not fit arch={_arch_label(arch)}: " + "; ".join(parts)
+        )
     for key, value in expected.items():
         state_dict.setdefault(key, value)
     return state_dict
