@@ -9,7 +9,7 @@ from resnetclf._split import (
     stratified_subsample,
     train_val_test_split,
 )
-from resnetclf.plotting import plot_history
+from resnetclf.plotting import plot_confident_mistakes, plot_history
 
 __version__ = "0.1.0"
 
@@ -19,6 +19,7 @@ __all__ = [
     "SplitInfo",
     "WeightsUnavailableError",
     "load_model",
+    "plot_confident_mistakes",
     "plot_history",
     "save_model",
     "stratified_subsample",
