@@ -6,10 +6,12 @@ epochs: a few seconds each on a CPU. Session fixtures are read only.
 
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple
 
 import numpy as np
 import pytest
+import torch
 
 from resnetclf import ResNetFineTuneClassifier
 
@@ -98,3 +100,35 @@ def best_epoch_fits(tiny_images, tmp_path_factory) -> BestEpochFits:
     one = head_only_classifier(max_iter=1)
     one.fit(X_train, y_train, X_val=X_val, y_val=y_val)
     return BestEpochFits(three, one, X_train, y_train, X_val, y_val, path)
+
+
+def fitted_state(clf) -> dict:
+    """Every fitted attribute, the network's weights, flags and place included."""
+    params = set(clf.get_params())
+    state = {k: copy.deepcopy(v) for k, v in vars(clf).items() if k not in params}
+    module = state.pop("module_")
+    state["module_"] = {
+        "id": id(clf.module_),
+        "state": {k: v.clone() for k, v in module.state_dict().items()},
+        "requires_grad": [p.requires_grad for p in module.parameters()],
+        "devices": {str(t.device) for t in module.state_dict().values()},
+        "training": [m.training for m in module.modules()],
+        "classes": [type(m) for m in module.modules()],
+    }
+    return state
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        if key == "module_":
+            other = after[key]
+            assert other.keys() == value.keys()
+            for name, tensor in value["state"].items():
+                assert torch.equal(tensor, other["state"][name]), name
+            for part in ("id", "requires_grad", "devices", "training", "classes"):
+                assert value[part] == other[part], part
+        elif isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, after[key], err_msg=key)
+        else:
+            assert value == after[key], key

@@ -187,3 +187,19 @@ def test_fit_and_predict_replay_cuda_graphs(tiny_images, monkeypatch, precision)
     )
     atol = 1e-4 if precision == "fp32" else 2e-2
     np.testing.assert_allclose(graphed.predict_proba(X_predict), proba, atol=atol)
+
+
+def test_predict_on_the_cpu_leaves_a_cuda_fitted_model_on_cuda(tiny_images):
+    X, y = tiny_images
+    clf = small_classifier(device="cuda", precision="fp32", warm_start=True)
+    clf.fit(X, y)
+    on_cuda = clf.predict_proba(X)
+    module = clf.module_
+    on_cpu = clf.set_params(device="cpu").predict_proba(X)
+    np.testing.assert_allclose(on_cpu, on_cuda, atol=1e-2)  # TF32 convolutions
+    assert clf.module_ is module and _module_device(clf).type == "cuda"
+    assert clf.device_.type == "cuda"
+    restored = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_allclose(restored.predict_proba(X), on_cpu, atol=1e-5)
+    clf.set_params(device="cuda").fit(X, y)  # warm start on the kept network
+    assert clf.module_ is module and clf.n_iter_ == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 
@@ -15,7 +16,12 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_sco
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from conftest import small_classifier
+import resnetclf._estimator as estimator_module
+from conftest import (
+    assert_same_state,
+    fitted_state,
+    small_classifier,
+)
 from resnetclf._acceleration.devices import cudnn_autotuned
 from resnetclf._param_groups import STAGES
 
@@ -376,3 +382,24 @@ def test_cudnn_autotuning_respects_determinism(cudnn_flags):
             assert not torch.backends.cudnn.benchmark
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_predict_leaves_the_fitted_estimator_as_it_was(fitted, monkeypatch):
+    clf = copy.deepcopy(fitted[0])
+    X = fitted[1]
+    before = fitted_state(clf)
+    proba = clf.predict_proba(X)
+    clf.predict(X)
+    assert_same_state(before, fitted_state(clf))
+    # On a device other than module_'s, predict works on a copy made there.
+    # Without a second real device here, torch's "meta" device stands in: the
+    # copy's outputs hold no values, so predict fails when it reads them, but
+    # only after everything that could move module_ has run.
+    monkeypatch.setattr(
+        estimator_module, "resolve_device", lambda device: torch.device("meta")
+    )
+    with pytest.raises((NotImplementedError, RuntimeError), match="meta"):
+        clf.predict_proba(X)
+    monkeypatch.undo()
+    assert_same_state(before, fitted_state(clf))
+    np.testing.assert_array_equal(clf.predict_proba(X), proba)

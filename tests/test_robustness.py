@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import joblib
@@ -10,7 +11,12 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 
-from conftest import head_only_classifier, small_classifier
+from conftest import (
+    assert_same_state,
+    fitted_state,
+    head_only_classifier,
+    small_classifier,
+)
 from resnetclf import _training
 from resnetclf._checkpoint import load_state_dict_file
 
@@ -165,8 +171,8 @@ def test_inputs_are_not_modified(tiny_images):
         a.setflags(write=False)  # any in-place write would raise
     clf = small_classifier(max_iter=1, rotation_degrees=30)
     clf.fit(X, y, X_val=X_val, y_val=y[:12]).predict(X_val)
-    for original, copy in zip((X, y, X_val), copies):
-        np.testing.assert_array_equal(original, copy)
+    for original, kept in zip((X, y, X_val), copies):
+        np.testing.assert_array_equal(original, kept)
 
 
 def test_keyboard_interrupt_keeps_best_weights(best_epoch_fits, monkeypatch):
@@ -272,3 +278,49 @@ def test_checkpoint_without_validation_holds_the_last_epoch(tiny_images, tmp_pat
     clf.fit(X, y)
     state = load_state_dict_file(path)
     torch.testing.assert_close(state["fc.weight"], clf.module_.fc.weight.detach())
+
+
+@pytest.fixture(scope="module")
+def warm_fits(tiny_images):
+    """Fitted for warm starts on grayscale: with uniform statistics (a folded
+    1-channel stem) and with ImageNet's (3 channels, the gray repeated)."""
+    X, y = tiny_images
+    return {
+        stem: head_only_classifier(
+            max_iter=1, warm_start=True, normalization=normalization
+        ).fit(X, y)
+        for stem, normalization in (("gray", (0.5, 0.5)), ("rgb", "imagenet"))
+    }
+
+
+@pytest.mark.parametrize(
+    "stem, reason",
+    [
+        ("gray", "normalization"),
+        ("rgb", "normalization"),
+        ("gray", "classes"),
+        ("gray", "image shape"),
+        ("gray", "checkpoint folder"),
+    ],
+)
+def test_refused_warm_start_refit_leaves_the_estimator_as_it_was(
+    warm_fits, tiny_images, tmp_path, stem, reason, no_training
+):
+    X, y = tiny_images
+    clf = copy.deepcopy(warm_fits[stem])
+    assert clf.module_.conv1.in_channels == (1 if stem == "gray" else 3)
+    proba = clf.predict_proba(X)
+    before = fitted_state(clf)
+    # Refits that the kept network or data cannot take, and what says so.
+    other_statistics = (0.5, 0.5) if stem == "rgb" else "imagenet"
+    refits = {
+        "normalization": (dict(normalization=other_statistics), X, y, "normaliz"),
+        "classes": ({}, X[y < 2], y[y < 2], "classes"),
+        "image shape": ({}, X[:, :, :16], y, "shape"),
+        "checkpoint folder": (dict(checkpoint_path=str(tmp_path)), X, y, "folder"),
+    }
+    params, X_refit, y_refit, match = refits[reason]
+    with pytest.raises(ValueError, match=match):
+        clf.set_params(**params).fit(X_refit, y_refit)
+    assert_same_state(before, fitted_state(clf))
+    np.testing.assert_array_equal(clf.predict_proba(X), proba)

@@ -1,0 +1,594 @@
+"""Break the library on purpose, one named way at a time, and run its tests.
+
+Each mutation below is a behaviour the tests promise to guard, broken by an
+exact-text search and replace in a copy of the package. For each, the script
+copies ``resnetclf/``, ``tests/`` and ``pyproject.toml`` to a temporary folder,
+applies the edit there (failing loudly when the text is not found exactly once,
+since the code it targets moves on), and runs the tests named for it against
+the copy: pytest runs from the copy's root, and the same process first imports
+``resnetclf`` and checks that it comes from the copy, not from the checkout or
+an installed package. A mutation is *killed* when a test fails, *SURVIVED*
+when all pass. The tests are first run on the unbroken copy, where they must
+pass, or nothing would be learnt from their failing.
+
+Usage::
+
+    python tools/mutation_check.py              # every mutation (~10-20 min)
+    python tools/mutation_check.py --list       # names, files, tests
+    python tools/mutation_check.py --only no-shuffle --only stem-fold-1
+    python tools/mutation_check.py --whole-files  # run the whole test files
+
+Exit status: 0 when every mutation is killed, 1 when any survives, 2 when the
+check itself cannot be trusted (an anchor not found, the baseline failing,
+the wrong package imported, pytest erroring rather than failing).
+
+A developer tool: too slow for every CI run. ``tests/test_mutation_tool.py``
+checks its plumbing, and that every anchor still matches the source, in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COPIED = ("resnetclf", "tests", "pyproject.toml")
+# Exit status of the runner when the copy is not what got imported.
+WRONG_PACKAGE = 97
+
+
+class MutationError(RuntimeError):
+    """The check cannot be trusted: fix the tool or the tests, not the code."""
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """A named breakage: exact ``(old, new)`` edits in one file of the package."""
+
+    name: str
+    path: str  # relative to the repository root
+    edits: tuple[tuple[str, str], ...]
+    tests: tuple[str, ...]  # pytest node ids, relative to the repository root
+    breaks: str  # what a user would see
+
+
+CORE = "tests/test_core_behaviour.py::"
+CKPT = "tests/test_checkpoint.py::"
+ROBUST = "tests/test_robustness.py::"
+EST = "tests/test_estimator.py::"
+
+MUTATIONS: tuple[Mutation, ...] = (
+    # ---- the breakages named in issue 14
+    Mutation(
+        "skip-best-epoch-restore",
+        "resnetclf/_training.py",
+        (
+            (
+                "        if self.state_dict is not None:\n"
+                "            model.load_state_dict(self.state_dict)\n",
+                "        pass\n",
+            ),
+        ),
+        (
+            CORE + "test_fit_restores_the_best_epochs_weights",
+            CORE + "test_validation_loss_is_that_of_the_unaugmented_images",
+            ROBUST + "test_keyboard_interrupt_keeps_best_weights",
+            ROBUST + "test_parallel_fits_sharing_a_checkpoint_path",
+        ),
+        "fit returns the last epoch's weights, not the best epoch's",
+    ),
+    Mutation(
+        "frozen-stages-require-grad",
+        "resnetclf/_param_groups.py",
+        (
+            (
+                "module.requires_grad_(stage not in frozen)",
+                "module.requires_grad_(True)",
+            ),
+        ),
+        (CORE + "test_frozen_stages_get_no_gradient_and_no_update",),
+        "frozen stages get gradients: memory and time for nothing",
+    ),
+    Mutation(
+        "frozen-batch-norms-train",
+        "resnetclf/_param_groups.py",
+        (
+            (
+                "        for module in modules[stage]:\n            module.eval()\n",
+                "        for module in modules[stage]:\n            module.train()\n",
+            ),
+        ),
+        (CORE + "test_frozen_batch_norms_keep_the_initial_statistics",),
+        "a frozen stage's batch-norm statistics drift during training",
+    ),
+    Mutation(
+        "weights-at-head-rate",
+        "resnetclf/_param_groups.py",
+        (
+            (
+                "(scaled, lr * stem_fold, weight_decay / stem_fold),",
+                '(scaled, stage_lrs["fc"] * stem_fold, weight_decay / stem_fold),',
+            ),
+            (
+                "(decayed, lr, weight_decay),",
+                '(decayed, stage_lrs["fc"], weight_decay),',
+            ),
+        ),
+        (
+            CORE + "test_every_weight_trains_at_its_stages_rate",
+            CORE + "test_cosine_schedule_with_warmup_drives_the_optimizer",
+        ),
+        "conv/linear weights of every stage train at the head's rate",
+    ),
+    Mutation(
+        "stem-fold-1",
+        "resnetclf/_estimator.py",
+        (
+            (
+                "stem_fold = 3 if model.conv1.in_channels == 1 else 1",
+                "stem_fold = 1",
+            ),
+        ),
+        (
+            CORE + "test_folded_stem_kernel_trains_at_three_times_the_stem_rate",
+            CORE + "test_every_weight_trains_at_its_stages_rate",
+        ),
+        "the folded grayscale stem trains at a third of its rate",
+    ),
+    Mutation(
+        "in-place-checkpoint-writer",
+        "resnetclf/_checkpoint.py",
+        (
+            (
+                "    tmp_path, fd = _create_temporary_file(path)\n",
+                "    torch.save(cpu_state, path)\n"
+                "    return path\n"
+                "    tmp_path, fd = _create_temporary_file(path)\n",
+            ),
+        ),
+        (
+            CKPT + "test_kill_in_the_middle_of_writing_keeps_the_previous_file",
+            CKPT + "test_kill_during_repeated_saves_leaves_a_loadable_file",
+        ),
+        "a kill mid-save leaves a truncated checkpoint",
+    ),
+    # ---- what users rely on
+    Mutation(
+        "predict-rotates",
+        "resnetclf/_training.py",
+        (
+            (
+                "            inputs = images.get(np.arange(batch.start, batch.stop))\n",
+                "            inputs = images.get(np.arange(batch.start, batch.stop), "
+                "10.0)\n",
+            ),
+        ),
+        (CORE + "test_predict_is_deterministic_and_sees_unrotated_normalised_images",),
+        "predictions are augmented: random, and of rotated images",
+    ),
+    Mutation(
+        "no-training-augmentation",
+        "resnetclf/_training.py",
+        (
+            (
+                "data.images.get(indices, self.rotation_degrees, self.generator)",
+                "data.images.get(indices)",
+            ),
+        ),
+        (CORE + "test_augmentation_rotates_training_batches_only",),
+        "rotation_degrees has no effect on training",
+    ),
+    Mutation(
+        "validation-augmented",
+        "resnetclf/_training.py",
+        (
+            (
+                "logits = forward(data.images.get(indices)).float()",
+                "logits = forward(data.images.get(indices, 10.0)).float()",
+            ),
+        ),
+        (
+            CORE + "test_validation_loss_is_that_of_the_unaugmented_images",
+            CORE + "test_augmentation_rotates_training_batches_only",
+        ),
+        "the best epoch is chosen on rotated validation images",
+    ),
+    Mutation(
+        "no-shuffle",
+        "resnetclf/_training.py",
+        (
+            (
+                "order = data.indices[self.rng.permutation(len(data))]",
+                "order = data.indices",
+            ),
+        ),
+        (CORE + "test_training_batches_are_normalised_and_shuffled_each_epoch",),
+        "batches come in the data's order every epoch",
+    ),
+    Mutation(
+        "same-order-every-epoch",
+        "resnetclf/_training.py",
+        (
+            (
+                "order = data.indices[self.rng.permutation(len(data))]",
+                "order = data.indices[np.random.RandomState(0).permutation(len(data))]",
+            ),
+        ),
+        (CORE + "test_training_batches_are_normalised_and_shuffled_each_epoch",),
+        "shuffled once: every epoch repeats the same batches",
+    ),
+    Mutation(
+        "early-stopping-off-by-one",
+        "resnetclf/_training.py",
+        (
+            (
+                "self._no_improvement >= self.n_iter_no_change",
+                "self._no_improvement > self.n_iter_no_change",
+            ),
+        ),
+        (CORE + "test_early_stopping_stops_after_exactly_patience_epochs",),
+        "early stopping waits one epoch more than n_iter_no_change",
+    ),
+    Mutation(
+        "normalization-ignored",
+        "resnetclf/_estimator.py",
+        (
+            (
+                "mean, std = resolve_normalization(self.normalization)",
+                "mean, std = resolve_normalization((0.5, 0.5))",
+            ),
+        ),
+        (
+            CORE + "test_training_batches_are_normalised_and_shuffled_each_epoch",
+            CORE + "test_predict_normalises_with_the_fitted_statistics",
+        ),
+        "the normalization parameter has no effect",
+    ),
+    Mutation(
+        "split-not-stratified",
+        "resnetclf/_split.py",
+        (
+            (
+                "    for cls in np.flatnonzero(n_val):\n"
+                "        members = np.flatnonzero(y_encoded == cls)\n"
+                "        is_val[rng.choice(members, size=n_val[cls], replace=False)]"
+                " = True\n",
+                "    is_val[rng.choice(len(y_encoded), n_val.sum(), replace=False)]"
+                " = True\n",
+            ),
+        ),
+        (CORE + "test_internal_validation_split_is_stratified",),
+        "the internal validation split ignores the classes' shares",
+    ),
+    Mutation(
+        "classes-encoded-by-first-appearance",
+        "resnetclf/_estimator.py",
+        (
+            (
+                "classes, y_encoded = np.unique(y, return_inverse=True)\n",
+                "classes, first, y_encoded = np.unique(y, return_index=True, "
+                "return_inverse=True); y_encoded = np.argsort(np.argsort(first))"
+                "[y_encoded]\n",
+            ),
+        ),
+        (CORE + "test_unsorted_string_labels_keep_their_meaning",),
+        "predict names the wrong class when labels are not first seen sorted",
+    ),
+    Mutation(
+        "warm-start-reinitialises",
+        "resnetclf/_estimator.py",
+        (
+            (
+                "            return self.module_.to(setup.device)\n",
+                "            return self.module_.to(setup.device).apply(\n"
+                "                lambda m: getattr(m, 'reset_parameters', "
+                "lambda: None)()\n"
+                "            )\n",
+            ),
+        ),
+        (CORE + "test_warm_start_continues_from_the_fitted_weights",),
+        "warm_start=True starts from fresh weights",
+    ),
+    Mutation(
+        "warm-start-forgets-history",
+        "resnetclf/_estimator.py",
+        (("history=list(self.history_) if warm else [],", "history=[],"),),
+        (CORE + "test_warm_start_continues_from_the_fitted_weights",),
+        "warm_start=True restarts n_iter_ and history_",
+    ),
+    Mutation(
+        "schedule-not-stepped",
+        "resnetclf/_training.py",
+        (("        self.schedule.step(score)\n", "        pass\n"),),
+        (
+            CORE + "test_cosine_schedule_with_warmup_drives_the_optimizer",
+            CORE + "test_plateau_divides_the_optimizers_rates_after_patience",
+        ),
+        "lr_schedule has no effect with validation data",
+    ),
+    Mutation(
+        "warmup-ignored",
+        "resnetclf/_schedules.py",
+        (("    if epoch < warmup_epochs:\n", "    if False:\n"),),
+        (CORE + "test_cosine_schedule_with_warmup_drives_the_optimizer",),
+        "warmup_epochs has no effect",
+    ),
+    Mutation(
+        "plateau-never-reduces",
+        "resnetclf/_schedules.py",
+        (("factor=0.1,", "factor=1.0,"),),
+        (CORE + "test_plateau_divides_the_optimizers_rates_after_patience",),
+        'lr_schedule="plateau" never lowers the rates',
+    ),
+    # ---- the defects fixed for issue 14
+    Mutation(
+        "checkpoint-reads-umask",
+        "resnetclf/_checkpoint.py",
+        (
+            (
+                "    flags = os.O_WRONLY",
+                "    os.umask(os.umask(0))\n    flags = os.O_WRONLY",
+            ),
+        ),
+        (CKPT + "test_checkpoint_mode_follows_umask_without_touching_it",),
+        "saving a checkpoint changes the process-wide umask for a moment",
+    ),
+    Mutation(
+        "warm-start-checked-after-work",
+        "resnetclf/_estimator.py",
+        (
+            (
+                "            if warm:\n"
+                "                _check_kept_network(self.module_, model_channels, "
+                "len(classes))\n",
+                "",
+            ),
+        ),
+        (ROBUST + "test_refused_warm_start_refit_leaves_the_estimator_as_it_was",),
+        "a refused warm start fails mid-training, its estimator changed",
+    ),
+    Mutation(
+        "predict-moves-module",
+        "resnetclf/_estimator.py",
+        (
+            (
+                "model = _module_on(self.module_, device)",
+                "model = self.module_.to(device)",
+            ),
+        ),
+        (EST + "test_predict_leaves_the_fitted_estimator_as_it_was",),
+        "predict on another device moves the fitted network there",
+    ),
+    Mutation(
+        "checkpoint-folder-not-synced",
+        "resnetclf/_checkpoint.py",
+        (("    _fsync_folder(path.parent)\n    return path\n", "    return path\n"),),
+        (CKPT + "test_file_then_folder_are_synced_around_the_rename",),
+        "a power loss right after a save can lose the rename",
+    ),
+)
+
+
+def apply_mutation(mutation: Mutation, root: Path) -> None:
+    """Apply ``mutation``'s edits to the copy under ``root``; each edit's text
+    must occur exactly once, or MutationError says which and where."""
+    path = root / mutation.path
+    if not path.is_file():
+        raise MutationError(f"{mutation.name}: no file {mutation.path}")
+    text = path.read_text()
+    for old, new in mutation.edits:
+        count = text.count(old)
+        if count != 1:
+            where = "not found" if count == 0 else f"found {count} times"
+            raise MutationError(
+                f"{mutation.name}: anchor {where} in {mutation.path} (the code "
+                f"changed? update tools/mutation_check.py):\n{old}"
+            )
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
+def make_copy(destination: Path) -> Path:
+    """Copy what the tests need from the checkout to ``destination``."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+    for name in COPIED:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, ignore=ignore)
+        else:
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+# Run in the copy's root: import the package, check where it came from, then
+# hand over to pytest in the same process, which reuses the imported module.
+_BOOT = (
+    """
+import os, sys
+root = os.path.realpath(sys.argv[1])
+import resnetclf
+where = os.path.realpath(resnetclf.__file__)
+if not where.startswith(root + os.sep):
+    print(f"imported {where}, not the copy in {root}", file=sys.stderr)
+    sys.exit(%d)
+import pytest
+sys.exit(pytest.main(sys.argv[2:]))
+"""
+    % WRONG_PACKAGE
+)
+
+
+def run_tests(root: Path, tests: list[str], timeout: float) -> tuple[int, str, float]:
+    """Run ``tests`` on the copy at ``root``; (exit status, output, seconds)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(root), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    command = [
+        sys.executable,
+        "-c",
+        _BOOT,
+        str(root),
+        "-x",
+        "-q",
+        "-rf",
+        "-p",
+        "no:cacheprovider",
+        *tests,
+    ]
+    start = time.monotonic()
+    try:
+        done = subprocess.run(
+            command,
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        output = exc.stdout or ""
+        if isinstance(output, bytes):
+            output = output.decode(errors="replace")
+        return -1, output + "\n(timed out)", time.monotonic() - start
+    if done.returncode == WRONG_PACKAGE:
+        raise MutationError(done.stderr.strip())
+    return done.returncode, done.stdout + done.stderr, time.monotonic() - start
+
+
+def first_failure(output: str) -> str:
+    match = re.search(r"^FAILED (\S+)", output, flags=re.MULTILINE)
+    return match.group(1).split("::")[-1] if match else "?"
+
+
+def tests_for(mutation: Mutation, whole_files: bool) -> list[str]:
+    if not whole_files:
+        return list(mutation.tests)
+    return sorted({test.split("::")[0] for test in mutation.tests})
+
+
+def check(
+    mutations: list[Mutation], whole_files: bool, timeout: float, baseline: bool
+) -> list[tuple[Mutation, str, str, float]]:
+    """Run every mutation; rows of (mutation, verdict, detail, seconds)."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mutation_check_") as tmp:
+        if baseline:
+            clean = make_copy(Path(tmp) / "baseline")
+            tests = sorted({t for m in mutations for t in tests_for(m, whole_files)})
+            print(f"baseline: {len(tests)} test(s) on the unbroken copy", flush=True)
+            status, output, _ = run_tests(clean, tests, timeout)
+            if status != 0:
+                raise MutationError(
+                    f"the tests fail without any mutation (exit {status}):\n"
+                    f"{output[-3000:]}"
+                )
+        for index, mutation in enumerate(mutations):
+            copy = make_copy(Path(tmp) / f"m{index}")
+            apply_mutation(mutation, copy)
+            status, output, seconds = run_tests(
+                copy, tests_for(mutation, whole_files), timeout
+            )
+            if status == 1:
+                row = (mutation, "killed", first_failure(output), seconds)
+            elif status == -1:
+                row = (mutation, "killed", "timed out", seconds)
+            elif status == 0:
+                row = (mutation, "SURVIVED", "all passed", seconds)
+            else:
+                raise MutationError(
+                    f"{mutation.name}: pytest exited {status} (an error, not a "
+                    f"test failure):\n{output[-3000:]}"
+                )
+            rows.append(row)
+            print(f"{mutation.name}: {row[1]} ({row[2]}, {seconds:.0f} s)", flush=True)
+            shutil.rmtree(copy, ignore_errors=True)
+    return rows
+
+
+def table(rows, whole_files: bool) -> str:
+    lines = [
+        "| breakage | file | tests run | result |",
+        "|---|---|---|---|",
+    ]
+    for mutation, verdict, detail, _ in rows:
+        tests = ", ".join(
+            t.split("::")[-1] if not whole_files else t
+            for t in tests_for(mutation, whole_files)
+        )
+        result = f"killed by `{detail}`" if verdict == "killed" else f"**{verdict}**"
+        lines.append(
+            f"| `{mutation.name}`: {mutation.breaks} | `{mutation.path}` | "
+            f"{tests} | {result} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--list", action="store_true", help="list the mutations")
+    parser.add_argument(
+        "--only", action="append", metavar="NAME", help="run only these (repeat)"
+    )
+    parser.add_argument(
+        "--whole-files",
+        action="store_true",
+        help="run the whole test files of each mutation, not just its tests",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=1800.0, help="seconds per test run"
+    )
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the run on the unbroken copy",
+    )
+    args = parser.parse_args(argv)
+    by_name = {m.name: m for m in MUTATIONS}
+    if args.list:
+        for m in MUTATIONS:
+            print(f"{m.name}  ({m.path}): {m.breaks}")
+            for test in m.tests:
+                print(f"    {test}")
+        return 0
+    unknown = sorted(set(args.only or ()) - set(by_name))
+    if unknown:
+        parser.error(f"unknown mutation(s) {unknown}; see --list")
+    chosen = [by_name[n] for n in args.only] if args.only else list(MUTATIONS)
+    try:
+        # Every anchor first: a stale one fails before any slow test run.
+        for mutation in chosen:
+            with tempfile.TemporaryDirectory() as tmp:
+                target = Path(tmp) / mutation.path
+                target.parent.mkdir(parents=True)
+                shutil.copy2(ROOT / mutation.path, target)
+                apply_mutation(mutation, Path(tmp))
+        rows = check(chosen, args.whole_files, args.timeout, not args.no_baseline)
+    except MutationError as exc:
+        print(f"mutation check FAILED TO RUN: {exc}", file=sys.stderr)
+        return 2
+    print()
+    print(table(rows, args.whole_files))
+    survived = [m.name for m, verdict, _, _ in rows if verdict != "killed"]
+    print()
+    print(
+        f"{len(rows) - len(survived)} of {len(rows)} mutations killed"
+        + (f"; SURVIVED: {', '.join(survived)}" if survived else "")
+    )
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
