@@ -62,17 +62,27 @@ class LowRankAdapter(nn.Module):
         super().__init__()
         out_channels, *input_side = weight.shape
         factory = {"device": weight.device, "dtype": weight.dtype}
-        self.down = nn.Parameter(torch.empty(rank, *input_side, **factory))
+        down = torch.empty(rank, *input_side, **factory)
+        if _channels_last(weight):
+            down = down.contiguous(memory_format=torch.channels_last)
+        self.down = nn.Parameter(down)
         self.up = nn.Parameter(torch.zeros(out_channels, rank, 1, 1, **factory))
         self.scale = float(scale)
         nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        change = self.up.reshape(self.up.shape[0], -1) @ self.down.reshape(
-            self.down.shape[0], -1
-        )
-        # The sum takes the frozen weight's memory format (channels_last).
-        return weight + self.scale * change.view(weight.shape)
+        rank = self.down.shape[0]
+        up = self.up.reshape(-1, rank)
+        if _channels_last(weight):
+            # The product is taken in the weight's (out, kh, kw, in) order, so
+            # that neither it nor the weight gradient is copied to another
+            # memory format, forwards or backwards.
+            down = self.down.permute(0, 2, 3, 1)
+            change = (up @ down.reshape(rank, -1)).view(-1, *down.shape[1:])
+            change = change.permute(0, 3, 1, 2)
+        else:
+            change = (up @ self.down.reshape(rank, -1)).view(weight.shape)
+        return torch.add(weight, change, alpha=self.scale)
 
     def extra_repr(self) -> str:
         return f"rank={self.down.shape[0]}, scale={self.scale}"
@@ -239,6 +249,14 @@ def _stage_convolutions(model: nn.Module, stages: list[str]) -> dict[str, nn.Con
 def _rank_limit(conv: nn.Conv2d) -> int:
     out_channels, *input_side = conv.weight.shape
     return min(out_channels, math.prod(input_side))
+
+
+def _channels_last(weight: torch.Tensor) -> bool:
+    return (
+        weight.ndim == 4
+        and not weight.is_contiguous()
+        and weight.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 def _joined(module_name: str, attribute: str) -> str:

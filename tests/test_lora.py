@@ -158,11 +158,21 @@ def test_merge_gives_a_plain_torchvision_resnet_with_the_same_outputs():
     pickle.loads(pickle.dumps(model))  # an adapted model refuses to pickle
 
 
-def test_merge_keeps_the_channels_last_weights():
+def test_channels_last_adapters_compute_the_same_weights():
     model = _model().to(memory_format=torch.channels_last)
     add_lora_adapters(model, 2, STAGES)
+    with torch.no_grad():
+        for name, factor in model.named_parameters():
+            if name.endswith(".up"):
+                factor.normal_()
+    contiguous = _model()
+    add_lora_adapters(contiguous, 2, STAGES)
+    contiguous.load_state_dict(model.state_dict())
+    conv = model.layer2[0].conv2
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert conv.weight.grad_fn is not None
+    torch.testing.assert_close(conv.weight, contiguous.layer2[0].conv2.weight)
     weight = parametrized_originals(model)[0]
-    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     merge_lora_adapters(model)
     assert model.conv1.weight is weight
     assert weight.is_contiguous(memory_format=torch.channels_last)
