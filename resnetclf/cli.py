@@ -1,0 +1,773 @@
+"""The ``resnetclf`` command: train on the merged digit-sum dataset, predict.
+
+``resnetclf train`` runs the report's whole procedure (load or make data,
+80/10/10 split, fine-tuning with the best epoch kept, figures, metrics, the
+saved model); ``resnetclf predict`` applies a saved model to images. Run
+``resnetclf train --help`` or ``resnetclf predict --help`` for the options;
+``python -m resnetclf`` is the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from sklearn.metrics import ConfusionMatrixDisplay, classification_report
+
+from resnetclf import (
+    ResNetFineTuneClassifier,
+    WeightsUnavailableError,
+    __version__,
+    load_model,
+    plot_confident_mistakes,
+    plot_history,
+    save_model,
+    stratified_subsample,
+    train_val_test_split,
+)
+from resnetclf._backbone import RESNET_ARCHS
+from resnetclf.datasets import load_merged, make_digit_sums
+
+__all__ = ["build_parser", "main", "predict", "train"]
+
+CHECKPOINT_NAME = "resnet-step.pth"
+MODEL_FOLDER = "model"
+
+_TRAIN_EPILOG = """\
+examples:
+  # quick, offline, on stand-in data (a few minutes on a CPU)
+  resnetclf train --arch resnet18 --weights none --epochs 3 \\
+      --max-samples 600 --out runs/quick
+
+  # the report's recipe on the real files (best on a GPU)
+  resnetclf train --data-dir /path/to/merged --out runs/merged
+
+writes to --out: loss.png, accuracy.png, confusion_matrix.png, mistakes.png,
+metrics.json, resnet-step.pth (best weights, torchvision's layout) and model/
+(the fitted estimator, for resnetclf predict or resnetclf.load_model).
+
+exit status: 0 done; 1 data unreadable or too small to split; 2 bad
+arguments, or pretrained weights that cannot be fetched (the message says
+how to go on: --weights none, a local file, or torchvision's cache)."""
+
+_PREDICT_EPILOG = """\
+examples:
+  resnetclf predict --model runs/quick/model --data-dir /path/to/merged
+  resnetclf predict --model runs/quick/model --images X.npy --labels y.npy \\
+      --out predictions.npy
+
+--out ending in .csv gets one row per image (index, predicted, probability,
+and true and correct with labels); .npy gets the predicted labels alone.
+With labels, the accuracy is printed and written, with per-class precision
+and recall, to a JSON file next to --out (predictions.csv ->
+predictions.metrics.json).
+
+exit status: 0 done; 1 model or images unreadable; 2 bad arguments."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help, when it has one; the description
+    and the epilog's examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = not (default is None or default is False or default == "==SUPPRESS==")
+        if shown and action.option_strings and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _paragraph(text: str) -> str:
+    return textwrap.fill(" ".join(text.split()), width=79)
+
+
+# ---------------------------------------------------------------- arguments
+def build_parser() -> argparse.ArgumentParser:
+    """The ``resnetclf`` parser with its ``train`` and ``predict`` subcommands.
+
+    Returns
+    -------
+    parser : argparse.ArgumentParser
+        Parses :func:`main`'s arguments.
+    """
+    parser = _Parser(
+        prog="resnetclf",
+        description=_paragraph(
+            """Fine-tune torchvision ResNets on numpy images (the merged
+            digit-sum dataset by default), and predict with the saved model."""
+        ),
+        epilog="Run 'resnetclf train --help' or 'resnetclf predict --help'.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(
+        title="commands", dest="command", required=True, metavar="COMMAND"
+    )
+    train_parser = commands.add_parser(
+        "train",
+        help="fine-tune on a merged-dataset folder (or stand-in data)",
+        description=_paragraph(
+            """Fine-tune a torchvision ResNet on the merged digit-sum dataset
+            with the report's recipe (the defaults): 80/10/10 split, best-epoch
+            checkpoint, curves, confusion matrix, a gallery of the most
+            confident mistakes, metrics.json and the saved model. Without
+            --data-dir, stand-in data is generated, and the output says so."""
+        ),
+        epilog=_TRAIN_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    _add_train_arguments(train_parser)
+    train_parser.set_defaults(
+        run=train, check=_check_train_arguments, command_parser=train_parser
+    )
+    predict_parser = commands.add_parser(
+        "predict",
+        help="predict with a model saved by 'resnetclf train'",
+        description=_paragraph(
+            """Predict the labels of images with a model saved by 'resnetclf
+            train' (or resnetclf.save_model); with labels, also report the
+            accuracy."""
+        ),
+        epilog=_PREDICT_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    _add_predict_arguments(predict_parser)
+    predict_parser.set_defaults(
+        run=predict, check=_check_predict_arguments, command_parser=predict_parser
+    )
+    return parser
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder with data0.npy.. and lab0.npy..; without it, stand-in data "
+        "is made with resnetclf.datasets.make_digit_sums",
+    )
+    data.add_argument(
+        "--stand-in-samples",
+        type=_positive_int,
+        default=3000,
+        metavar="N",
+        help="number of stand-in images when no --data-dir is given",
+    )
+    data.add_argument(
+        "--stand-in-shape",
+        type=_positive_int,
+        nargs=2,
+        metavar=("HEIGHT", "WIDTH"),
+        default=(40, 168),
+        help="shape of the stand-in images (four digits each; at least 8 32)",
+    )
+    data.add_argument(
+        "--max-samples",
+        type=_positive_int,
+        metavar="N",
+        help="keep a stratified random subsample of this many images",
+    )
+    data.add_argument(
+        "--val-size",
+        type=_fraction,
+        default=0.1,
+        metavar="SHARE",
+        help="share of the images held out to pick the best epoch",
+    )
+    data.add_argument(
+        "--test-size",
+        type=_fraction,
+        default=0.1,
+        metavar="SHARE",
+        help="share of the images held out to test the best model",
+    )
+    data.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the subsample, the split and the training",
+    )
+
+    model = parser.add_argument_group("model and training")
+    model.add_argument(
+        "--arch",
+        choices=RESNET_ARCHS,
+        default="resnet50",
+        metavar="ARCH",
+        help=f"torchvision ResNet builder: {', '.join(RESNET_ARCHS)}",
+    )
+    model.add_argument(
+        "--weights",
+        default="DEFAULT",
+        metavar="WEIGHTS",
+        help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...), a path to a "
+        "state dict file, or 'none' for random initialisation",
+    )
+    model.add_argument(
+        "--epochs", type=_positive_int, default=50, metavar="N", help="epochs"
+    )
+    model.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="images per step and per prediction batch",
+    )
+    model.add_argument(
+        "--lr", type=_positive_float, default=1e-3, help="learning rate of the head"
+    )
+    model.add_argument(
+        "--layer-lr-decay",
+        type=float,
+        default=0.5,
+        metavar="FACTOR",
+        help="each stage below the head trains at this factor of the stage above "
+        "(< 1: rates grow towards the head; 1: one rate for all; 0 freezes)",
+    )
+    model.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine", "plateau"),
+        default="constant",
+        help="learning-rate schedule over the epochs",
+    )
+    model.add_argument(
+        "--warmup-epochs",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="epochs of linear warm-up",
+    )
+    model.add_argument(
+        "--optimizer",
+        choices=("adam", "adamw", "sgd"),
+        default="adam",
+        help="adam (L2 weight decay, as the report), adamw or sgd (momentum 0.9)",
+    )
+    model.add_argument(
+        "--weight-decay",
+        type=_non_negative_float,
+        default=1e-4,
+        metavar="DECAY",
+        help="weight decay of convolution and linear weights",
+    )
+    model.add_argument(
+        "--rotation",
+        type=_non_negative_float,
+        default=10.0,
+        metavar="DEGREES",
+        help="random rotation range of training images; 0 turns it off",
+    )
+    model.add_argument(
+        "--patience",
+        type=_positive_int,
+        metavar="N",
+        help="stop after N epochs without a better validation accuracy "
+        "(default: every epoch is trained)",
+    )
+
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--out",
+        default="runs/merged",
+        metavar="DIR",
+        help="folder for the figures, metrics, checkpoint and model",
+    )
+    output.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=1,
+        help="0 quiet, 1 a line per epoch, 2 also a bar over batches",
+    )
+    _add_runtime_arguments(parser)
+
+
+def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR",
+        help="folder written by 'resnetclf train' (OUT/model) or save_model",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="merged-dataset folder (data0.npy.., lab0.npy..)",
+    )
+    source.add_argument(
+        "--images",
+        metavar="FILE",
+        help=".npy file of images in any layout the model accepts",
+    )
+    parser.add_argument(
+        "--labels",
+        metavar="FILE",
+        help=".npy file of the true labels of --images (optional)",
+    )
+    parser.add_argument(
+        "--out",
+        default="predictions.csv",
+        metavar="FILE",
+        help="where to write the predictions (.csv or .npy)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        metavar="N",
+        help="images per prediction batch (default: the model's)",
+    )
+    _add_runtime_arguments(parser)
+
+
+def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    runtime = parser.add_argument_group("runtime")
+    runtime.add_argument(
+        "--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda'"
+    )
+    runtime.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="CPU threads for torch (default: torch's choice); 1 can be much "
+        "faster on a machine shared with other busy processes",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0; got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0; got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0; got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1); got {text}")
+    return value
+
+
+def _check_train_arguments(parser: argparse.ArgumentParser, args) -> None:
+    """What argparse's types cannot see alone; errors exit with status 2."""
+    if not 0.0 <= args.layer_lr_decay <= 1.0:
+        parser.error(f"--layer-lr-decay must be in [0, 1]; got {args.layer_lr_decay}")
+    if args.val_size + args.test_size >= 1:
+        parser.error("--val-size and --test-size must leave images for training")
+    names = list(torchvision.models.get_model_weights(args.arch).__members__)
+    if args.weights.lower() == "none":
+        args.weights = None
+    elif args.weights not in names and not Path(args.weights).is_file():
+        parser.error(
+            f"--weights {args.weights!r} is neither a weights name of {args.arch} "
+            f"({', '.join(names)}), an existing file, nor 'none'"
+        )
+
+
+def _check_predict_arguments(parser: argparse.ArgumentParser, args) -> None:
+    if args.labels is not None and args.images is None:
+        parser.error("--labels goes with --images (a --data-dir has its labels)")
+    if Path(args.out).suffix not in (".csv", ".npy"):
+        parser.error(f"--out must end in .csv or .npy; got {args.out!r}")
+
+
+# --------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``resnetclf train`` or ``resnetclf predict``.
+
+    Parameters
+    ----------
+    argv : sequence of str, default=None
+        Arguments without the program name; None reads ``sys.argv``.
+
+    Returns
+    -------
+    status : int
+        0 on success; 1 if the data or the model cannot be read, or the
+        data is too small to split; 2 if the pretrained weights cannot be had
+        (bad arguments exit with status 2 through ``SystemExit``).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.check(args.command_parser, args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return args.run(args)
+
+
+def _error(message: str) -> None:
+    print(f"resnetclf: error: {message}", file=sys.stderr)
+
+
+# -------------------------------------------------------------------- train
+def train(args: argparse.Namespace) -> int:
+    """The ``train`` subcommand on parsed arguments; see ``resnetclf train -h``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Checked arguments of ``train``.
+
+    Returns
+    -------
+    status : int
+        As :func:`main`'s.
+    """
+    start = time.perf_counter()
+    if importlib.util.find_spec("matplotlib") is None:
+        # Checked first: the figures come after the training.
+        _error(
+            "resnetclf train draws figures with matplotlib: "
+            "pip install 'resnetclf[plot]' (or pip install matplotlib)"
+        )
+        return 1
+    try:
+        X, y, stand_in = _training_data(args)
+    except (OSError, ValueError) as exc:
+        _error(f"could not load the data: {exc}")
+        return 1
+    if args.max_samples is not None and args.max_samples < len(y):
+        chosen = stratified_subsample(y, args.max_samples, random_state=args.seed)
+        X, y = X[chosen], y[chosen]
+        print(f"kept a stratified random subsample of {len(y)} images")
+    split = train_val_test_split(
+        y, val_size=args.val_size, test_size=args.test_size, random_state=args.seed
+    )
+    if len(split.val) == 0 or len(split.test) == 0:
+        _error(
+            f"{len(y)} images are too few for a split with non-empty validation "
+            "and test sets"
+        )
+        return 1
+    print(f"split: {split.summary()}; {len(np.unique(y))} classes")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    clf = _classifier(args, out / CHECKPOINT_NAME)
+    fit_start = time.perf_counter()
+    try:
+        clf.fit(X[split.train], y[split.train], X_val=X[split.val], y_val=y[split.val])
+    except WeightsUnavailableError as exc:
+        _error(f"{exc}\n{_weights_hint(args.weights)}")
+        return 2
+    fit_seconds = time.perf_counter() - fit_start
+
+    X_test, y_test = X[split.test], y[split.test]
+    proba = clf.predict_proba(X_test)
+    y_pred = clf.classes_[proba.argmax(axis=1)]
+    paths = _save_curves(clf, out)
+    paths.append(_save_confusion_matrix(y_test, y_pred, clf.classes_, out))
+    paths.append(_save_mistakes(clf, X_test, y_test, proba, out))
+    paths.append(save_model(clf, out / MODEL_FOLDER))
+    metrics = _train_metrics(args, clf, split, y_test, y_pred, stand_in)
+    metrics.update(seconds=fit_seconds, total_seconds=time.perf_counter() - start)
+    paths += [_write_json(out / "metrics.json", metrics), out / CHECKPOINT_NAME]
+    _print_train_summary(clf, metrics, stand_in, paths)
+    return 0
+
+
+def _training_data(args) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The merged dataset, or stand-in data (and a note) without --data-dir."""
+    if args.data_dir is not None:
+        X, y = load_merged(args.data_dir)
+        print(f"loaded {len(X)} images of shape {X.shape[1:]} from {args.data_dir}")
+        return X, y, False
+    X, y = make_digit_sums(
+        args.stand_in_samples,
+        image_shape=tuple(args.stand_in_shape),
+        random_state=args.seed,
+    )
+    print(
+        f"NOTE: no --data-dir given, so this run uses {len(X)} STAND-IN images "
+        f"of shape {X.shape[1:]} made by resnetclf.datasets.make_digit_sums from "
+        "scikit-learn's digits, not the report's data; its accuracies are not "
+        "comparable with the report's. Pass --data-dir for the real files."
+    )
+    return X, y, True
+
+
+def _classifier(args, checkpoint: Path):
+    """The estimator with the report's recipe, as the arguments set it."""
+    return ResNetFineTuneClassifier(
+        arch=args.arch,
+        weights=args.weights,
+        max_iter=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        layer_lr_decay=args.layer_lr_decay,
+        lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        rotation_degrees=args.rotation,
+        normalization=(0.5, 0.5),
+        early_stopping=args.patience is not None,
+        n_iter_no_change=args.patience or 10,
+        checkpoint_path=str(checkpoint),
+        device=args.device,
+        random_state=args.seed,
+        verbose=args.verbose,
+    )
+
+
+def _weights_hint(weights: str) -> str:
+    """How to go on without pretrained weights, in this command's options."""
+    return (
+        "On this command line: --weights none (random initialisation), or "
+        "--weights /path/to/state_dict.pth (a file in torchvision's layout), or "
+        f"fill torchvision's cache as said above and rerun with --weights {weights}."
+    )
+
+
+def _train_metrics(args, clf, split, y_test, y_pred, stand_in: bool) -> dict:
+    return {
+        "val_accuracy": clf.best_score_,
+        "test_accuracy": float(np.mean(y_pred == y_test)),
+        "best_epoch": clf.best_epoch_,
+        "n_iter": clf.n_iter_,
+        "arch": args.arch,
+        "weights": "none" if args.weights is None else args.weights,
+        "stand_in": stand_in,
+        "data_dir": args.data_dir,
+        "seed": args.seed,
+        "device": str(clf.device_),
+        "n_train": len(split.train),
+        "n_val": len(split.val),
+        "n_test": len(split.test),
+        "n_classes": len(clf.classes_),
+        "image_shape": list(clf.image_shape_),
+        "split": {
+            "summary": split.summary(),
+            "classes_only_in_train": split.info.classes_only_in_train,
+            "max_samples": args.max_samples,
+        },
+        "classification_report": classification_report(
+            y_test,
+            y_pred,
+            labels=clf.classes_,
+            output_dict=True,
+            zero_division=0,
+        ),
+        "params": {
+            k: v
+            for k, v in clf.get_params().items()
+            if isinstance(v, (str, int, float, bool, tuple, type(None)))
+        },
+        "checkpoint": str(Path(args.out) / CHECKPOINT_NAME),
+        "model": str(Path(args.out) / MODEL_FOLDER),
+        "history": clf.history_,
+    }
+
+
+def _print_train_summary(clf, metrics: dict, stand_in: bool, paths) -> None:
+    if stand_in:
+        print("(stand-in data, see the NOTE above)")
+    if clf.best_score_ is not None:
+        print(
+            f"best epoch {clf.best_epoch_} of {clf.n_iter_}: validation accuracy "
+            f"{clf.best_score_:.4f}"
+        )
+    print(
+        f"test accuracy of the best model: {metrics['test_accuracy']:.4f} "
+        f"({metrics['n_test']} images)"
+    )
+    print(
+        f"training took {metrics['seconds']:.0f} s; wrote " + ", ".join(map(str, paths))
+    )
+
+
+# ------------------------------------------------------------------ figures
+def _pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (files only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_curves(clf, out: Path) -> list[Path]:
+    """``loss.png`` and ``accuracy.png``: the report's Figures 1 and 2."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    loss_figure, loss_ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    accuracy_figure, accuracy_ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    plot_history(clf, axes=(loss_ax, accuracy_ax))
+    paths = [out / "loss.png", out / "accuracy.png"]
+    for figure, ax, path in zip(
+        (loss_figure, accuracy_figure), (loss_ax, accuracy_ax), paths
+    ):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+    return paths
+
+
+def _save_confusion_matrix(y_true, y_pred, labels, out: Path) -> Path:
+    """The test set's confusion matrix, readable up to a few dozen classes."""
+    plt = _pyplot()
+    side = min(14.0, max(5.0, 0.35 * len(labels)))
+    figure, ax = plt.subplots(figsize=(side, side), layout="constrained")
+    ConfusionMatrixDisplay.from_predictions(
+        y_true,
+        y_pred,
+        labels=labels,
+        ax=ax,
+        colorbar=False,
+        text_kw={"fontsize": 6 if len(labels) > 20 else 9},
+    )
+    ax.set_title("Confusion matrix, test set")
+    path = out / "confusion_matrix.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _save_mistakes(clf, X_test, y_test, proba, out: Path) -> Path:
+    """The gallery of the test set's most confident mistakes."""
+    plt = _pyplot()
+    figure = plot_confident_mistakes(clf, X_test, y_test, y_proba=proba)
+    path = out / "mistakes.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _write_json(path: Path, document: dict) -> Path:
+    path.write_text(json.dumps(document, indent=2, default=_jsonable) + "\n")
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+# ------------------------------------------------------------------ predict
+def predict(args: argparse.Namespace) -> int:
+    """The ``predict`` subcommand on parsed arguments; see ``resnetclf predict -h``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Checked arguments of ``predict``.
+
+    Returns
+    -------
+    status : int
+        As :func:`main`'s.
+    """
+    try:
+        clf = load_model(args.model)
+    except (OSError, ValueError) as exc:
+        _error(f"could not load the model: {exc}")
+        return 1
+    clf.set_params(device=args.device)
+    if args.batch_size is not None:
+        clf.set_params(batch_size=args.batch_size)
+    try:
+        X, y = _prediction_data(args)
+        proba = clf.predict_proba(X)
+    except (OSError, ValueError) as exc:
+        _error(f"could not predict the images: {exc}")
+        return 1
+    y_pred = clf.classes_[proba.argmax(axis=1)]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_predictions(out, y_pred, proba.max(axis=1), y)
+    print(f"predicted {len(y_pred)} images; wrote {out}")
+    if y is not None:
+        metrics_path = _write_prediction_metrics(out, y, y_pred, clf.classes_)
+        accuracy = float(np.mean(y_pred == y))
+        print(f"accuracy: {accuracy:.4f} ({len(y)} images); wrote {metrics_path}")
+    return 0
+
+
+def _prediction_data(args) -> tuple[np.ndarray, np.ndarray | None]:
+    if args.data_dir is not None:
+        return load_merged(args.data_dir)
+    X = np.load(args.images, allow_pickle=False, mmap_mode="r")
+    if args.labels is None:
+        return X, None
+    y = np.load(args.labels, allow_pickle=False)
+    if y.shape != (len(X),):
+        raise ValueError(
+            f"--labels holds an array of shape {y.shape}; expected ({len(X)},), "
+            "one label per image of --images"
+        )
+    return X, y
+
+
+def _write_predictions(out: Path, y_pred, probability, y_true) -> None:
+    if out.suffix == ".npy":
+        # Labels of object dtype (strings from pandas, say) are saved as text.
+        labels = y_pred.astype(str) if y_pred.dtype == object else y_pred
+        np.save(out, labels, allow_pickle=False)
+        return
+    header = ["index", "predicted", "probability"]
+    if y_true is not None:
+        header += ["true", "correct"]
+    with open(out, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        for index, (label, p) in enumerate(zip(y_pred.tolist(), probability)):
+            row = [index, label, f"{p:.6f}"]
+            if y_true is not None:
+                row += [y_true[index], int(label == y_true[index])]
+            writer.writerow(row)
+
+
+def _write_prediction_metrics(out: Path, y_true, y_pred, classes) -> Path:
+    report = classification_report(
+        y_true, y_pred, labels=classes, output_dict=True, zero_division=0
+    )
+    metrics = {
+        "accuracy": float(np.mean(y_pred == y_true)),
+        "n_images": len(y_true),
+        "classification_report": report,
+    }
+    return _write_json(out.with_suffix(".metrics.json"), metrics)
