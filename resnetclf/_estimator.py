@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from sklearn.utils.validation import (
     column_or_1d,
     validate_data,
 )
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from resnetclf._acceleration.bn_folding import folded_for_inference, worth_folding
 from resnetclf._acceleration.compile import COMPILE_MODES, compiled_forward
@@ -51,7 +55,9 @@ from resnetclf._param_groups import (
     stage_learning_rates,
 )
 from resnetclf._progress import ProgressReporter
+from resnetclf._sample_weights import combined_sample_weight, normalised_or_none
 from resnetclf._schedules import SCHEDULES, EpochSchedule
+from resnetclf._scoring import EpochScorer
 from resnetclf._split import stratified_holdout
 from resnetclf._training import (
     BestWeights,
@@ -60,6 +66,7 @@ from resnetclf._training import (
     batch_slices,
     predict_logits,
 )
+from resnetclf._warnings import user_stacklevel
 
 __all__ = ["ResNetFineTuneClassifier"]
 
@@ -72,7 +79,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
     repeated to three channels, random-rotation augmentation, normalisation
     with mean = std = 0.5, cross-entropy, Adam with weight decay, learning rates
     growing from the stem to the head, and the weights of the epoch with the
-    best validation accuracy kept (and optionally written to a file).
+    best validation score kept (and optionally written to a file).
 
     Parameters
     ----------
@@ -109,7 +116,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
     lr_schedule : {"constant", "cosine", "plateau"}, default="constant"
         Schedule over epochs, applied to all stages alike so that their ratios
         hold. ``"cosine"`` anneals towards 0 after ``warmup_epochs``;
-        ``"plateau"`` divides the rates by 10 when the validation accuracy (the
+        ``"plateau"`` divides the rates by 10 when the validation score (the
         training loss without validation data) has not improved by more than
         ``tol`` for ``max(1, n_iter_no_change // 2)`` epochs.
     warmup_epochs : int, default=0
@@ -137,15 +144,15 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         whole in the training part (with a warning). With 0 and no ``X_val``
         there is no validation: the last epoch is kept.
     early_stopping : bool, default=False
-        Stop when the validation accuracy has not improved by more than ``tol``
+        Stop when the validation score has not improved by more than ``tol``
         for ``n_iter_no_change`` epochs. Needs validation data.
     n_iter_no_change : int, default=10
         Patience of early stopping (and, halved, of the ``"plateau"`` schedule).
     tol : float, default=0.0
-        Least accuracy gain that counts as an improvement for early stopping
+        Least gain of the validation score that counts as an improvement for early stopping
         and the ``"plateau"`` schedule.
     checkpoint_path : str or path, default=None
-        Where to write the best weights whenever the validation accuracy
+        Where to write the best weights whenever the validation score
         improves (the report's ``resnet-step.pth``; without validation data,
         after every epoch). Written atomically in
         torchvision's layout: ``torchvision.models.<arch>(num_classes=n)``
@@ -153,7 +160,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
     device : str or torch.device, default="auto"
         ``"auto"`` takes CUDA when available, else the CPU. Prediction runs on
         the device this names at call time, so a model fitted on a GPU predicts
-        on a CPU-only machine.
+        on a CPU-only machine (``module_`` stays where it is).
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Autocast precision. ``"auto"`` is bf16 on CUDA devices that support it,
         fp16 (with gradient scaling) on older ones, fp32 on the CPU.
@@ -174,6 +181,38 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
     warm_start : bool, default=False
         Continue from the fitted model (weights, history, best score) instead
         of starting anew. The optimizer and schedule restart.
+    class_weight : "balanced", dict or None, default=None
+        Weights of the classes in the loss, as scikit-learn's classifiers take
+        them (:func:`sklearn.utils.class_weight.compute_class_weight`):
+        ``"balanced"`` weights each class by ``n_samples / (n_classes *
+        count)``; a dict maps labels to weights (others get 1). Multiplied into
+        ``sample_weight``, and so into the validation score too.
+    scoring : str, callable or None, default=None
+        What picks the best epoch, drives early stopping and the
+        ``"plateau"`` schedule, and what ``best_score_`` and ``history_``'s
+        ``val_score`` record: None is the validation accuracy; otherwise a
+        scikit-learn scorer name (``"balanced_accuracy"``,
+        ``"neg_log_loss"``, ``"f1_macro"``, ...) or a callable
+        ``scorer(estimator, X, y)``, as ``HistGradientBoostingClassifier``
+        takes it. Scorers get the validation pass's predictions, so they cost
+        no second pass; higher is better.
+    freeze_epochs : int, default=0
+        Gradual unfreezing, as fastai's ``fine_tune``: the first
+        ``freeze_epochs`` epochs train the head alone (the backbone frozen,
+        its batch-norm statistics fixed), the others every stage at its
+        ``layer_lr_decay`` rate. At most ``max_iter``; the schedule runs over
+        all ``max_iter`` epochs.
+    label_smoothing : float, default=0.0
+        Share of each target's probability spread over all classes in the
+        training loss (``torch.nn.CrossEntropyLoss(label_smoothing=...)``).
+        The validation loss stays the plain cross-entropy.
+    ema_decay : float or None, default=None
+        Keep an exponential moving average of the weights and batch-norm
+        buffers, updated after every step with this decay
+        (``torch.optim.swa_utils.get_ema_multi_avg_fn``; 0.99 averages over
+        about the last 100 steps). The average is what validation scores,
+        what the best epoch keeps, what the checkpoint holds and what
+        ``module_`` ends with. None turns it off.
 
     Attributes
     ----------
@@ -186,15 +225,22 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
     image_shape_ : tuple of int
         ``(height, width, channels)`` of the images seen in ``fit``.
     module_ : torch.nn.Module
-        The fitted network (best epoch restored).
+        The fitted network (best epoch restored), in evaluation mode.
+        ``predict`` never changes it: on another device than its own, it
+        predicts with a copy made there.
     history_ : list of dict
         One record per epoch: ``epoch`` (1-based), ``train_loss``,
-        ``train_accuracy``, ``val_loss``, ``val_accuracy`` (None without
-        validation), ``lr_<stage>`` for each stage, ``seconds``.
+        ``train_accuracy``, ``val_loss``, ``val_accuracy``, ``val_score``
+        (``scoring``'s; the three are None without validation, and weighted
+        with sample weights), ``lr_<stage>`` for each stage, ``seconds``.
     best_epoch_ : int
         Epoch whose weights ``module_`` holds (the last one without validation).
     best_score_ : float or None
-        Validation accuracy of ``best_epoch_``; None without validation.
+        Validation score (``scoring``; accuracy by default) of
+        ``best_epoch_``; None without validation.
+    n_trainable_params_ : int
+        Number of values the last ``fit`` trained (the frozen stages left
+        out).
     n_iter_ : int
         Epochs trained, all ``fit`` calls of a warm start included.
     device_ : torch.device
@@ -243,6 +289,11 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
+        "class_weight": [StrOptions({"balanced"}), dict, None],
+        "scoring": [str, callable, None],
+        "freeze_epochs": [Interval(Integral, 0, None, closed="left")],
+        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
+        "ema_decay": [Interval(Real, 0, 1, closed="neither"), None],
     }
 
     def __init__(
@@ -271,6 +322,11 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         random_state=None,
         verbose: int = 0,
         warm_start: bool = False,
+        class_weight: str | dict | None = None,
+        scoring=None,
+        freeze_epochs: int = 0,
+        label_smoothing: float = 0.0,
+        ema_decay: float | None = None,
     ) -> None:
         self.arch = arch
         self.weights = weights
@@ -296,9 +352,23 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
+        self.class_weight = class_weight
+        self.scoring = scoring
+        self.freeze_epochs = freeze_epochs
+        self.label_smoothing = label_smoothing
+        self.ema_decay = ema_decay
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y, X_val=None, y_val=None) -> ResNetFineTuneClassifier:
+    def fit(
+        self,
+        X,
+        y,
+        sample_weight=None,
+        *,
+        X_val=None,
+        y_val=None,
+        sample_weight_val=None,
+    ) -> ResNetFineTuneClassifier:
         """Fine-tune the network on images ``X`` with labels ``y``.
 
         Parameters
@@ -312,110 +382,321 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             [0, 1].
         y : array-like of shape (n_samples,)
             Class labels (ints, strings, ...).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each sample's loss (finite, >= 0), multiplied by
+            ``class_weight``'s. Weights are normalised to a mean of 1 over the
+            training part, so uniform weights train exactly as none; samples
+            of weight 0 are left out of training. Held-out validation samples
+            keep their weights, which weight the validation loss, accuracy
+            and score.
         X_val, y_val : array-like, default=None
             Validation images of the same size and channel count as ``X`` (in
             any accepted layout) and their labels, all seen in ``y``. When
             given, nothing is held out of ``X`` and the best epoch is the one
-            most accurate on them.
+            with the best validation score. Keyword-only.
+        sample_weight_val : array-like of shape (n_val_samples,), default=None
+            Weights of the validation samples (with ``class_weight``'s), as
+            ``HistGradientBoostingClassifier.fit`` takes them. Keyword-only.
 
         Returns
         -------
         self : ResNetFineTuneClassifier
             The fitted estimator.
         """
+        setup = self._check_fit(X, y, sample_weight, X_val, y_val, sample_weight_val)
+        # All checks passed: from here on, work is done.
+        model = self._initial_module(setup)
+        loop = self._epoch_loop(model, setup)
+        self._train(loop, model, setup)
+        self._set_fitted(model, loop, setup)
+        return self
+
+    def _check_fit(
+        self, X, y, sample_weight, X_val, y_val, sample_weight_val
+    ) -> _FitSetup:
+        """Every check on parameters and data, before any work is done."""
         self._validate_params()
         check_arch(self.arch)
         check_layer_lr_decay(self.layer_lr_decay)
+        if self.freeze_epochs > self.max_iter:
+            raise ValueError(
+                f"freeze_epochs={self.freeze_epochs} is more than "
+                f"max_iter={self.max_iter}: the backbone would never train"
+            )
         mean, std = resolve_normalization(self.normalization)
         device = resolve_device(self.device)
         amp_dtype = amp_dtype_for(device, self.precision)
         warm = self.warm_start and hasattr(self, "module_")
         if (X_val is None) != (y_val is None):
             raise ValueError("X_val and y_val must be passed together")
+        if sample_weight_val is not None and X_val is None:
+            raise ValueError("sample_weight_val needs X_val and y_val")
 
         # validate_data sets n_features_in_ at once; a refused fit restores it.
         with _restored_on_error(self, ("n_features_in_", "feature_names_in_")):
-            prepared = self._prepare_fit(X, y, X_val, y_val, warm, mean, std, device)
-        train, val, classes, layout, stage_lrs, weights, rng = prepared
-        seed = int(rng.randint(np.iinfo(np.int32).max))
-
-        # All checks passed: from here on, work is done.
-        model = self._initial_module(
-            warm, weights, len(classes), train.images.model_channels, seed, device
+            X, y, layout = self._validate_training_data(X, y, reset=not warm)
+            classes, y_encoded = np.unique(y, return_inverse=True)
+            if len(classes) < 2:
+                raise ValueError(
+                    f"y has {len(classes)} class ({classes[:1].tolist()}); a "
+                    "classifier needs samples of at least 2 classes"
+                )
+            if warm and not np.array_equal(classes, self.classes_):
+                raise ValueError(
+                    "warm_start=True needs the classes of the first fit "
+                    f"{self.classes_.tolist()}; y has {classes.tolist()}"
+                )
+            weights = combined_sample_weight(
+                sample_weight, self.class_weight, X, y, classes
+            )
+            if weights is not None:
+                _check_every_class_weighted(weights, y_encoded, classes)
+            stage_lrs = stage_learning_rates(self.lr, self.layer_lr_decay)
+            if not any(stage_lrs.values()):
+                raise ValueError(
+                    "layer_lr_decay freezes every stage: at least one learning "
+                    "rate must be > 0"
+                )
+            if self.freeze_epochs and stage_lrs["fc"] == 0:
+                raise ValueError(
+                    "freeze_epochs > 0 trains the head alone first, but "
+                    "layer_lr_decay freezes the head (fc)"
+                )
+            initial_weights = None if warm else resolve_weights(self.arch, self.weights)
+            scorer = EpochScorer(self.scoring, self, classes)
+            rng = check_random_state(self.random_state)
+            model_channels = model_input_channels(layout.channels, mean, std)
+            if warm:
+                _check_kept_network(self.module_, model_channels, len(classes))
+            images = ImageBatches(X, layout, device, mean, std, model_channels)
+            if X_val is not None:
+                train, val, validation_X = self._explicit_validation(
+                    images, y_encoded, weights, X_val, y_val, sample_weight_val,
+                    classes, layout, mean, std,
+                )  # fmt: skip
+            else:
+                train, val = self._held_out_validation(
+                    images, y_encoded, weights, classes, rng
+                )
+                validation_X = (
+                    np.take(X, val.indices, axis=0)
+                    if val is not None and scorer.needs_logits
+                    else None
+                )
+            if self.early_stopping and val is None:
+                raise ValueError(
+                    "early_stopping=True needs validation data: pass X_val and "
+                    "y_val or a validation_fraction > 0"
+                )
+            if self.checkpoint_path is not None:
+                _check_writable(self.checkpoint_path)
+        return _FitSetup(
+            train=train,
+            val=val,
+            validation_X=validation_X,
+            classes=classes,
+            layout=layout,
+            stage_lrs=stage_lrs,
+            initial_weights=initial_weights,
+            scorer=scorer,
+            rng=rng,
+            seed=int(rng.randint(np.iinfo(np.int32).max)),
+            device=device,
+            amp_dtype=amp_dtype,
+            normalization=(mean, std),
+            warm=warm,
         )
-        self.classes_ = classes
-        self.image_shape_ = layout.image_shape
-        self._model_channels = train.images.model_channels
-        self._normalization_stats = (mean, std)
 
-        loop = self._epoch_loop(
-            model, stage_lrs, device, amp_dtype, rng, seed, val is not None, train
+    def _explicit_validation(
+        self, images, y_encoded, weights, X_val, y_val, sample_weight_val,
+        classes, layout, mean, std,
+    ) -> tuple[LabelledImages, LabelledImages, np.ndarray]:  # fmt: skip
+        X_val, val_layout = self._validate_images(
+            X_val, name="X_val", expected=layout.image_shape
         )
+        y_val = column_or_1d(y_val, warn=True)
+        check_consistent_length(X_val, y_val)
+        unseen = np.setdiff1d(y_val, classes)
+        if len(unseen):
+            raise ValueError(f"y_val has labels not in y: {unseen[:10].tolist()}")
+        val_weights = combined_sample_weight(
+            sample_weight_val, self.class_weight, X_val, y_val, classes,
+            name="sample_weight_val",
+        )  # fmt: skip
+        val_images = ImageBatches(
+            X_val, val_layout, images.device, mean, std, images.model_channels,
+            name="X_val",
+        )  # fmt: skip
+        val = LabelledImages(
+            val_images,
+            np.arange(len(X_val)),
+            np.searchsorted(classes, y_val),
+            normalised_or_none(val_weights, "sample_weight_val"),
+        )
+        train = _weighted_part(images, np.arange(len(y_encoded)), y_encoded, weights)
+        return train, val, X_val
+
+    def _held_out_validation(
+        self, images, y_encoded, weights, classes, rng
+    ) -> tuple[LabelledImages, LabelledImages | None]:
+        all_indices = np.arange(len(y_encoded))
+        if self.validation_fraction == 0:
+            return _weighted_part(images, all_indices, y_encoded, weights), None
+        train_idx, val_idx, unsplit = stratified_holdout(
+            y_encoded, self.validation_fraction, rng
+        )
+        if len(unsplit):
+            warnings.warn(
+                f"{len(unsplit)} class(es) got no validation sample (too few "
+                "samples for their share of validation_fraction) and stay whole "
+                "in the training part: "
+                f"{classes[unsplit][:10].tolist()}",
+                UserWarning,
+                stacklevel=user_stacklevel(),
+            )
+        train = _weighted_part(images, train_idx, y_encoded, weights)
+        if len(val_idx) == 0:
+            return train, None
+        val = _weighted_part(images, val_idx, y_encoded, weights, training=False)
+        return train, val
+
+    def _initial_module(self, setup: _FitSetup) -> nn.Module:
+        if setup.warm:
+            return self.module_.to(setup.device)
+        device = setup.device
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            # Seeded here, so the new head (and a randomly initialised backbone)
+            # follow random_state without touching the global torch RNG.
+            torch.manual_seed(setup.seed)
+            model = build_resnet(
+                self.arch,
+                setup.initial_weights,
+                len(setup.classes),
+                setup.train.images.model_channels,
+            )
+        return model.to(device, memory_format=torch.channels_last)
+
+    def _epoch_loop(self, model: nn.Module, setup: _FitSetup) -> EpochLoop:
+        freeze_stages(model, setup.stage_lrs)
+        # A 1-channel conv1 is always the RGB stem folded over repeated gray.
+        stem_fold = 3 if model.conv1.in_channels == 1 else 1
+        groups = StageParamGroups(model, setup.stage_lrs, self.weight_decay, stem_fold)
+        device = setup.device
+        optimizer = _make_optimizer(self.optimizer, groups.groups, device)
+        schedule = EpochSchedule(
+            self.lr_schedule,
+            optimizer,
+            n_epochs=self.max_iter,
+            warmup_epochs=self.warmup_epochs,
+            patience=max(1, self.n_iter_no_change // 2),
+            tol=self.tol,
+        )
+        warm = self.warm_start and hasattr(self, "history_")
+        best = BestWeights(checkpoint_path=self.checkpoint_path)
+        if warm and setup.val is not None and self.best_score_ is not None:
+            # The weights now in the model are the previous fit's best.
+            best = BestWeights(
+                self.best_score_,
+                self.best_epoch_,
+                {k: v.detach().clone() for k, v in model.state_dict().items()},
+                self.checkpoint_path,
+            )
+        n_batches = len(batch_slices(len(setup.train), self.batch_size, training=True))
+        return EpochLoop(
+            model=model,
+            forward=compiled_forward(model, self.torch_compile),
+            optimizer=optimizer,
+            param_groups=groups,
+            frozen_stages=[],
+            schedule=schedule,
+            batch_size=self.batch_size,
+            rotation_degrees=float(self.rotation_degrees),
+            amp_dtype=setup.amp_dtype,
+            grad_scaler=(
+                torch.amp.GradScaler(device.type)
+                if setup.amp_dtype == torch.float16
+                else None
+            ),
+            rng=setup.rng,
+            generator=torch.Generator(device=device).manual_seed(setup.seed + 1),
+            best=best,
+            reporter=ProgressReporter(self.verbose, self.max_iter, n_batches),
+            early_stopping=self.early_stopping,
+            n_iter_no_change=self.n_iter_no_change,
+            tol=self.tol,
+            history=list(self.history_) if warm else [],
+            label_smoothing=float(self.label_smoothing),
+            ema=_weight_average(model, self.ema_decay),
+            scorer=setup.scorer,
+            validation_X=setup.validation_X,
+        )
+
+    def _train(self, loop: EpochLoop, model: nn.Module, setup: _FitSetup) -> None:
+        """Run the training phases: the head alone first when
+        ``freeze_epochs`` asks for it, then every stage at its rate."""
+        plain_forward = loop.forward
+        for n_epochs, stage_lrs in self._phases(setup.stage_lrs):
+            loop.frozen_stages = freeze_stages(model, stage_lrs)
+            # A phase that changes what trains needs graphs of its own.
+            with self._accelerated(model, plain_forward, setup, n_epochs, loop):
+                loop.run(setup.train, setup.val, n_epochs)
+            loop.forward = plain_forward
+            if loop.stopped:
+                break
+        freeze_stages(model, setup.stage_lrs)
+        loop.keep_final_weights()
+        # The last step's gradients would double the fitted model's memory.
+        model.zero_grad(set_to_none=True)
+
+    def _phases(self, stage_lrs: dict[str, float]) -> list[tuple[int, dict]]:
+        head_only = {stage: (rate if stage == "fc" else 0.0) for stage, rate in
+                     stage_lrs.items()}  # fmt: skip
+        phases = [
+            (self.freeze_epochs, head_only),
+            (self.max_iter - self.freeze_epochs, stage_lrs),
+        ]
+        return [(n, lrs) for n, lrs in phases if n > 0]
+
+    @contextlib.contextmanager
+    def _accelerated(self, model, forward, setup, n_epochs: int, loop: EpochLoop):
+        """The speed-ups of one training phase; sets ``loop.forward``."""
+        device = setup.device
+        n_val = len(setup.val) if setup.val is not None else 0
         # Compiled graphs get inductor's own kernels, not the switched modules;
         # the loop trains through the forward that cuda_graphed hands back.
         with (
             cudnn_autotuned(device),
             gemm_weight_grads(model, enabled=self.torch_compile is False),
             cuda_graphed(
-                loop.forward,
+                forward,
                 model,
                 device,
                 self.batch_size,
-                training_batches=self.max_iter * (len(train) // self.batch_size),
+                training_batches=n_epochs * (len(setup.train) // self.batch_size),
+                # A weight average is evaluated eagerly, not the graphed model.
                 evaluation_batches=(
-                    self.max_iter * (len(val) // self.batch_size)
-                    if val is not None
-                    else 0
+                    n_epochs * (n_val // self.batch_size) if loop.ema is None else 0
                 ),
             ) as loop.forward,
         ):
-            loop.run(train, val, self.max_iter)
-        loop.best.restore(model)
-        # The last step's gradients would double the fitted model's memory.
-        model.zero_grad(set_to_none=True)
-        self.module_ = model
-        self.device_ = device
+            yield
+
+    def _set_fitted(self, model: nn.Module, loop: EpochLoop, setup: _FitSetup):
+        self.classes_ = setup.classes
+        self.image_shape_ = setup.layout.image_shape
+        self._model_channels = setup.train.images.model_channels
+        self._normalization_stats = setup.normalization
+        # Ready for inference, so that predict changes nothing about it.
+        self.module_ = model.eval()
+        self.device_ = setup.device
+        self.n_trainable_params_ = loop.param_groups.n_parameters
         self.history_ = loop.history
         self.n_iter_ = len(loop.history)
         self.best_epoch_ = loop.best.epoch
         self.best_score_ = (
             float(loop.best.score) if loop.best.state_dict is not None else None
         )
-        return self
-
-    def _prepare_fit(self, X, y, X_val, y_val, warm, mean, std, device):
-        """Every check on data and parameters, before any work is done."""
-        X, y, layout = self._validate_training_data(X, y, reset=not warm)
-        classes, y_encoded = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(
-                f"y has {len(classes)} class ({classes[:1].tolist()}); a "
-                "classifier needs samples of at least 2 classes"
-            )
-        if warm and not np.array_equal(classes, self.classes_):
-            raise ValueError(
-                "warm_start=True needs the classes of the first fit "
-                f"{self.classes_.tolist()}; y has {classes.tolist()}"
-            )
-        stage_lrs = stage_learning_rates(self.lr, self.layer_lr_decay)
-        if not any(stage_lrs.values()):
-            raise ValueError(
-                "layer_lr_decay freezes every stage: at least one learning rate "
-                "must be > 0"
-            )
-        weights = None if warm else resolve_weights(self.arch, self.weights)
-        rng = check_random_state(self.random_state)
-        train, val = self._training_and_validation(
-            X, y_encoded, layout, X_val, y_val, classes, rng, device, mean, std
-        )
-        if self.early_stopping and val is None:
-            raise ValueError(
-                "early_stopping=True needs validation data: pass X_val and y_val "
-                "or a validation_fraction > 0"
-            )
-        if self.checkpoint_path is not None:
-            _check_writable(self.checkpoint_path)
-        return train, val, classes, layout, stage_lrs, weights, rng
 
     def _validate_training_data(self, X, y, reset: bool):
         ndim = _ndim(X)
@@ -441,109 +722,6 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
                 f"channels) but the fitted model expects {self.image_shape_}"
             )
         return X, y, layout
-
-    def _training_and_validation(
-        self, X, y_encoded, layout, X_val, y_val, classes, rng, device, mean, std
-    ) -> tuple[LabelledImages, LabelledImages | None]:
-        model_channels = model_input_channels(layout.channels, mean, std)
-        images = ImageBatches(X, layout, device, mean, std, model_channels)
-        if X_val is not None:
-            X_val, val_layout = self._validate_images(
-                X_val, name="X_val", expected=layout.image_shape
-            )
-            y_val = column_or_1d(y_val, warn=True)
-            check_consistent_length(X_val, y_val)
-            unseen = np.setdiff1d(y_val, classes)
-            if len(unseen):
-                raise ValueError(f"y_val has labels not in y: {unseen[:10].tolist()}")
-            val_images = ImageBatches(
-                X_val, val_layout, device, mean, std, model_channels
-            )
-            val = LabelledImages(
-                val_images, np.arange(len(X_val)), np.searchsorted(classes, y_val)
-            )
-            return LabelledImages(images, np.arange(len(X)), y_encoded), val
-        if self.validation_fraction == 0:
-            return LabelledImages(images, np.arange(len(X)), y_encoded), None
-        train_idx, val_idx, unsplit = stratified_holdout(
-            y_encoded, self.validation_fraction, rng
-        )
-        if len(unsplit):
-            warnings.warn(
-                f"{len(unsplit)} class(es) got no validation sample (too few "
-                "samples for their share of validation_fraction) and stay whole "
-                "in the training part: "
-                f"{classes[unsplit][:10].tolist()}",
-                UserWarning,
-                stacklevel=3,
-            )
-        train = LabelledImages(images, train_idx, y_encoded)
-        if len(val_idx) == 0:
-            return train, None
-        return train, LabelledImages(images, val_idx, y_encoded)
-
-    def _initial_module(self, warm, weights, n_classes, in_channels, seed, device):
-        if warm:
-            return self.module_.to(device)
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            # Seeded here, so the new head (and a randomly initialised backbone)
-            # follow random_state without touching the global torch RNG.
-            torch.manual_seed(seed)
-            model = build_resnet(self.arch, weights, n_classes, in_channels)
-        return model.to(device, memory_format=torch.channels_last)
-
-    def _epoch_loop(
-        self, model, stage_lrs, device, amp_dtype, rng, seed, has_val, train
-    ) -> EpochLoop:
-        frozen = freeze_stages(model, stage_lrs)
-        # A 1-channel conv1 is always the RGB stem folded over repeated gray.
-        stem_fold = 3 if model.conv1.in_channels == 1 else 1
-        groups = StageParamGroups(model, stage_lrs, self.weight_decay, stem_fold)
-        optimizer = _make_optimizer(self.optimizer, groups.groups, device)
-        schedule = EpochSchedule(
-            self.lr_schedule,
-            optimizer,
-            n_epochs=self.max_iter,
-            warmup_epochs=self.warmup_epochs,
-            patience=max(1, self.n_iter_no_change // 2),
-            tol=self.tol,
-        )
-        warm = self.warm_start and hasattr(self, "history_")
-        best = BestWeights(checkpoint_path=self.checkpoint_path)
-        if warm and has_val and self.best_score_ is not None:
-            # The weights now in the model are the previous fit's best.
-            best = BestWeights(
-                self.best_score_,
-                self.best_epoch_,
-                {k: v.detach().clone() for k, v in model.state_dict().items()},
-                self.checkpoint_path,
-            )
-        n_batches = len(batch_slices(len(train), self.batch_size, training=True))
-        return EpochLoop(
-            model=model,
-            forward=compiled_forward(model, self.torch_compile),
-            optimizer=optimizer,
-            param_groups=groups,
-            frozen_stages=frozen,
-            schedule=schedule,
-            batch_size=self.batch_size,
-            rotation_degrees=float(self.rotation_degrees),
-            amp_dtype=amp_dtype,
-            grad_scaler=(
-                torch.amp.GradScaler(device.type)
-                if amp_dtype == torch.float16
-                else None
-            ),
-            rng=rng,
-            generator=torch.Generator(device=device).manual_seed(seed + 1),
-            best=best,
-            reporter=ProgressReporter(self.verbose, self.max_iter, n_batches),
-            early_stopping=self.early_stopping,
-            n_iter_no_change=self.n_iter_no_change,
-            tol=self.tol,
-            history=list(self.history_) if warm else [],
-        )
 
     # -------------------------------------------------------------- predict
     def predict_proba(self, X) -> np.ndarray:
@@ -586,7 +764,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             X = validate_data(self, X, reset=False, dtype="numeric")
             layout = infer_layout(X.shape, self.image_shape_)
         device = resolve_device(self.device)
-        model = self.module_.to(device)
+        model = _module_on(self.module_, device)
         mean, std = self._normalization_stats
         images = ImageBatches(X, layout, device, mean, std, self._model_channels)
         amp_dtype = amp_dtype_for(device, self.precision)
@@ -642,7 +820,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             with torch.device("meta"):
                 model = build_resnet(self.arch, None, n_classes, in_channels)
             model.load_state_dict(module_state, assign=True)
-            self.module_ = model.to(memory_format=torch.channels_last)
+            self.module_ = model.to(memory_format=torch.channels_last).eval()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -660,6 +838,121 @@ def _restored_on_error(estimator, names):
             estimator.__dict__.pop(name, None)
         estimator.__dict__.update(saved)
         raise
+
+
+@dataclass
+class _FitSetup:
+    """What the checks of ``fit`` found, for the steps that do the work."""
+
+    train: LabelledImages
+    val: LabelledImages | None
+    validation_X: object  # what a scorer gets as X, or None
+    classes: np.ndarray
+    layout: ImageLayout
+    stage_lrs: dict[str, float]
+    initial_weights: object
+    scorer: EpochScorer
+    rng: np.random.RandomState
+    seed: int
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    normalization: tuple
+    warm: bool
+
+
+def _weighted_part(
+    images: ImageBatches,
+    indices: np.ndarray,
+    y_encoded: np.ndarray,
+    weights: np.ndarray | None,
+    training: bool = True,
+) -> LabelledImages:
+    """The samples ``indices`` with their weights normalised over them.
+
+    Training leaves out samples of weight 0: they would still shift batch-norm
+    statistics, and a weight of 0 must train nothing.
+    """
+    if weights is None:
+        return LabelledImages(images, indices, y_encoded)
+    if training:
+        indices = indices[weights[indices] > 0]
+    part = weights[indices]
+    name = "sample_weight" if training else "the validation samples' sample_weight"
+    if not part.sum() > 0:
+        raise ValueError(
+            f"{name} gives every {'training' if training else 'validation'} "
+            "sample a weight of 0; at least one must be positive"
+        )
+    if np.all(part == part[0]):
+        # Uniform weights: the plain loss, exactly as without weights.
+        return LabelledImages(images, indices, y_encoded)
+    scaled = (weights * (len(part) / part.sum())).astype(np.float32)
+    return LabelledImages(images, indices, y_encoded, scaled)
+
+
+def _check_every_class_weighted(
+    weights: np.ndarray, y_encoded: np.ndarray, classes: np.ndarray
+) -> None:
+    unweighted = np.bincount(y_encoded, weights, minlength=len(classes)) == 0
+    if unweighted.any():
+        raise ValueError(
+            "sample_weight (with class_weight) gives every sample of the "
+            f"class(es) {classes[unweighted][:10].tolist()} a weight of 0: the "
+            "model could not learn them; leave them out of y or weight them"
+        )
+
+
+def _weight_average(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and buffers."""
+    if decay is None:
+        return None
+    average = AveragedModel(
+        model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True
+    )
+    # The first update copies: the average starts at the initial weights.
+    average.update_parameters(model)
+    return average
+
+
+def _module_on(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` if it lives on ``device``, else a copy of it there.
+
+    Predicting on another device than the fitted network's (say on the CPU
+    after a fit on a GPU) must not move ``module_``: predict leaves the fitted
+    estimator as it was. The copy's tensors are made on ``device`` directly.
+    """
+    tensors = [*module.parameters(), *module.buffers()]
+    if all(_same_device(t.device, device) for t in tensors):
+        return module
+    # deepcopy takes tensors found in the memo as they are: the moved ones.
+    memo = {
+        id(p): nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
+        for p in module.parameters()
+    }
+    memo.update({id(b): b.detach().to(device) for b in module.buffers()})
+    return copy.deepcopy(module, memo)
+
+
+def _same_device(have: torch.device, want: torch.device) -> bool:
+    if have.type != want.type:
+        return False
+    if want.index is None and want.type == "cuda":
+        return have.index == torch.cuda.current_device()
+    return want.index is None or have.index == want.index
+
+
+def _check_kept_network(module: nn.Module, in_channels: int, n_classes: int):
+    """Refuse a warm start whose data the fitted network cannot take."""
+    kept = (module.conv1.in_channels, module.fc.out_features)
+    if kept != (in_channels, n_classes):
+        raise ValueError(
+            "warm_start=True continues the fitted network, whose stem takes "
+            f"{kept[0]} channel(s) and whose head has {kept[1]} outputs; this "
+            f"fit needs {in_channels} and {n_classes}. The stem's channels follow "
+            "the images and normalization (1 for grayscale normalised alike in "
+            "every channel, else 3): keep the first fit's normalization, or "
+            "set warm_start=False"
+        )
 
 
 def _ndim(X) -> int:

@@ -183,6 +183,11 @@ class StageParamGroups:
                     )
                     self.stages.append(stage)
 
+    @property
+    def n_parameters(self) -> int:
+        """Number of values the groups train."""
+        return sum(p.numel() for group in self.groups for p in group["params"])
+
     def current_rates(self, optimizer) -> dict[str, float]:
         """Each stage's current learning rate (0.0 for frozen stages).
 

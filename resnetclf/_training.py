@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from resnetclf._backbone import to_torchvision_layout
 from resnetclf._checkpoint import save_state_dict_atomic
@@ -21,6 +22,8 @@ from resnetclf._images import ImageBatches
 from resnetclf._param_groups import StageParamGroups, set_frozen_to_eval
 from resnetclf._progress import ProgressReporter
 from resnetclf._schedules import EpochSchedule
+from resnetclf._scoring import EpochScorer
+from resnetclf._warnings import user_stacklevel
 
 __all__ = [
     "BestWeights",
@@ -28,16 +31,19 @@ __all__ = [
     "LabelledImages",
     "batch_slices",
     "predict_logits",
+    "weighted_cross_entropy",
 ]
 
 
 @dataclass
 class LabelledImages:
-    """The samples ``indices`` of ``images``, with their encoded labels."""
+    """The samples ``indices`` of ``images``, with their encoded labels and,
+    when the fit is weighted, their weights."""
 
     images: ImageBatches
     indices: np.ndarray
     labels: np.ndarray  # class index per sample of ``images``, not of ``indices``
+    weights: np.ndarray | None = None  # float32 per sample of ``images``, or None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -46,6 +52,19 @@ class LabelledImages:
         return torch.from_numpy(self.labels[batch_indices]).to(
             device, non_blocking=True
         )
+
+    def batch_weights(
+        self, batch_indices: np.ndarray, device: torch.device
+    ) -> torch.Tensor | None:
+        if self.weights is None:
+            return None
+        return torch.from_numpy(self.weights[batch_indices]).to(
+            device, non_blocking=True
+        )
+
+    def index_weights(self) -> np.ndarray | None:
+        """The weights of ``indices``, in order (for scorers)."""
+        return None if self.weights is None else self.weights[self.indices]
 
 
 def batch_slices(n_samples: int, batch_size: int, training: bool) -> list[slice]:
@@ -68,6 +87,31 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy, each sample's term times its weight.
+
+    Without weights this is ``F.cross_entropy`` itself. With weights the
+    terms are multiplied by them and averaged over the batch ("mean") or
+    summed ("sum"); weights normalised to a mean of 1 over the data set
+    (``normalised_or_none``) make uniform weights give the plain loss.
+    """
+    if weights is None:
+        return F.cross_entropy(
+            logits, targets, label_smoothing=label_smoothing, reduction=reduction
+        )
+    losses = F.cross_entropy(
+        logits, targets, label_smoothing=label_smoothing, reduction="none"
+    )
+    weighted = losses * weights
+    return weighted.mean() if reduction == "mean" else weighted.sum()
 
 
 @contextlib.contextmanager
@@ -146,7 +190,7 @@ class BestWeights:
                 warnings.warn(
                     f"could not write the checkpoint '{self.checkpoint_path}': {exc}",
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=user_stacklevel(),
                 )
 
     def restore(self, model: nn.Module) -> None:
@@ -160,7 +204,13 @@ class EpochLoop:
 
     ``run`` appends one record per epoch to ``history`` and keeps the best
     epoch's weights in ``best``; it never raises on ``KeyboardInterrupt`` (it
-    stops with a warning), so what was learnt is kept.
+    stops with a warning), so what was learnt is kept. It may be called more
+    than once (fit's phases, such as a frozen backbone first); the counts of
+    early stopping carry over between calls.
+
+    With ``ema``, an average of the weights (``torch.optim.swa_utils``) is
+    updated after every step, and it is the average that validation scores,
+    that the best epoch keeps and that the checkpoint holds.
     """
 
     model: nn.Module
@@ -181,64 +231,111 @@ class EpochLoop:
     n_iter_no_change: int = 10
     tol: float = 0.0
     history: list[dict] = field(default_factory=list)
+    label_smoothing: float = 0.0
+    ema: AveragedModel | None = None
+    scorer: EpochScorer | None = None
+    validation_X: object = None  # what a scorer gets as X (scoring != None)
+    stopped: bool = False
+
+    def __post_init__(self) -> None:
+        self._no_improvement = 0
+        self._best_for_stopping = self.best.score
+
+    @property
+    def scored_model(self) -> nn.Module:
+        """The weights that validation scores and the best epoch keeps."""
+        return self.model if self.ema is None else self.ema.module
 
     def run(
         self, train: LabelledImages, val: LabelledImages | None, n_epochs: int
     ) -> bool:
-        """Train ``n_epochs`` epochs or until early stopping; True if interrupted."""
+        """Train ``n_epochs`` epochs or until early stopping; True if interrupted.
+
+        ``stopped`` is set when training should not go on (early stopping or
+        an interrupt), so that later phases are skipped.
+        """
         first = len(self.history) + 1
-        no_improvement = 0
-        best_for_stopping = self.best.score
         try:
             for epoch in range(first, first + n_epochs):
                 record = self.run_epoch(epoch, train, val)
                 self.history.append(record)
-                score = record["val_accuracy"]
-                if score is None:
-                    # Without validation the last epoch is the one kept.
-                    self.best.epoch = epoch
-                    self.best.write_checkpoint(self.model)
-                    self.schedule.step(-record["train_loss"])
-                    self.reporter.end_epoch(record)
-                    continue
-                self.best.consider(epoch, score, self.model)
-                no_improvement = (
-                    0 if score > best_for_stopping + self.tol else (no_improvement + 1)
-                )
-                best_for_stopping = max(best_for_stopping, score)
-                self.schedule.step(score)
-                self.reporter.end_epoch(record)
-                if self.early_stopping and no_improvement >= self.n_iter_no_change:
-                    self.reporter.message(
-                        f"early stopping: validation accuracy has not improved by "
-                        f"more than tol={self.tol} for {no_improvement} epochs"
-                    )
+                if self.end_epoch(epoch, record):
+                    self.stopped = True
                     break
         except KeyboardInterrupt:
             warnings.warn(
                 "training interrupted by the user; keeping the best weights so far",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
+            self.stopped = True
             return True
         finally:
             self.reporter.close()
         return False
+
+    def end_epoch(self, epoch: int, record: dict) -> bool:
+        """Keep the best weights, step the schedule; True to stop early."""
+        score = record["val_score"]
+        if score is None:
+            # Without validation the last epoch is the one kept.
+            self.best.epoch = epoch
+            self.best.write_checkpoint(self.scored_model)
+            self.schedule.step(-record["train_loss"])
+            self.reporter.end_epoch(record)
+            return False
+        self.best.consider(epoch, score, self.scored_model)
+        improved = score > self._best_for_stopping + self.tol
+        self._no_improvement = 0 if improved else self._no_improvement + 1
+        self._best_for_stopping = max(self._best_for_stopping, score)
+        self.schedule.step(score)
+        self.reporter.end_epoch(record)
+        if self.early_stopping and self._no_improvement >= self.n_iter_no_change:
+            self.reporter.message(
+                f"early stopping: the validation score has not improved by "
+                f"more than tol={self.tol} for {self._no_improvement} epochs"
+            )
+            return True
+        return False
+
+    def keep_final_weights(self) -> None:
+        """Leave ``model`` holding the weights fit returns: the best epoch's,
+        or without validation the last epoch's (averaged, with ``ema``)."""
+        if self.best.state_dict is not None:
+            self.best.restore(self.model)
+        elif self.ema is not None:
+            self.model.load_state_dict(self.ema.module.state_dict())
 
     def run_epoch(
         self, epoch: int, train: LabelledImages, val: LabelledImages | None
     ) -> dict:
         start = time.perf_counter()
         rates = self.param_groups.current_rates(self.optimizer)
+        # Stages frozen for this phase keep their group's rate but do not train.
+        rates.update(dict.fromkeys(self.frozen_stages, 0.0))
         self.reporter.start_epoch(epoch)
         train_loss, train_accuracy = self.train_epoch(train)
-        val_loss, val_accuracy = self.evaluate(val) if val is not None else (None, None)
+        val_loss = val_accuracy = val_score = None
+        if val is not None:
+            val_loss, val_accuracy, logits = self.evaluate(val)
+            val_score = (
+                val_accuracy
+                if self.scorer is None
+                else self.scorer(
+                    val_accuracy,
+                    logits,
+                    self.validation_X,
+                    val.labels[val.indices],
+                    val.index_weights(),
+                )
+            )
         record = {
             "epoch": epoch,
             "train_loss": train_loss,
             "train_accuracy": train_accuracy,
             "val_loss": val_loss,
             "val_accuracy": val_accuracy,
+            "val_score": val_score,
         }
         record.update({f"lr_{stage}": rate for stage, rate in rates.items()})
         record["seconds"] = time.perf_counter() - start
@@ -250,25 +347,35 @@ class EpochLoop:
         device = data.images.device
         order = data.indices[self.rng.permutation(len(data))]
         loss_sum = torch.zeros((), device=device)
-        n_correct = torch.zeros((), device=device, dtype=torch.long)
+        correct_sum = torch.zeros((), device=device)
         with _explain_out_of_memory(self.batch_size):
             for batch in batch_slices(len(order), self.batch_size, training=True):
                 indices = order[batch]
                 inputs = data.images.get(indices, self.rotation_degrees, self.generator)
                 targets = data.targets(indices, device)
-                loss, logits = self.train_step(inputs, targets)
-                # Sums stay on the device: no host sync per batch.
+                weights = data.batch_weights(indices, device)
+                loss, logits = self.train_step(inputs, targets, weights)
+                # Sums stay on the device: no host sync per batch. Weights
+                # have a mean of 1 over the set, so these are weighted means.
                 loss_sum += loss.detach().float() * len(indices)
-                n_correct += (logits.argmax(dim=1) == targets).sum()
+                correct = logits.argmax(dim=1) == targets
+                correct_sum += (
+                    correct.sum() if weights is None else weights @ (correct.float())
+                )
                 self.reporter.end_batch()
-        return loss_sum.item() / len(order), n_correct.item() / len(order)
+        return loss_sum.item() / len(order), correct_sum.item() / len(order)
 
     def train_step(
-        self, inputs: torch.Tensor, targets: torch.Tensor
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast_context(inputs.device, self.amp_dtype):
             logits = self.forward(inputs)
-            loss = F.cross_entropy(logits, targets)
+            loss = weighted_cross_entropy(
+                logits, targets, weights, self.label_smoothing
+            )
         self.optimizer.zero_grad(set_to_none=True)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -277,20 +384,49 @@ class EpochLoop:
         else:
             loss.backward()
             self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return loss, logits
 
     @torch.inference_mode()
-    def evaluate(self, data: LabelledImages) -> tuple[float, float]:
-        self.model.eval()
+    def evaluate(
+        self, data: LabelledImages
+    ) -> tuple[float, float, torch.Tensor | None]:
+        """Weighted loss and accuracy of the scored model on ``data``, and its
+        logits when a scorer needs them."""
+        model = self.scored_model
+        model.eval()
+        # The (graphed) forward is the training model's; an average runs as is.
+        forward = self.forward if self.ema is None else model
         device = data.images.device
+        keep_logits = self.scorer is not None and self.scorer.needs_logits
+        all_logits = None
         loss_sum = torch.zeros((), device=device)
-        n_correct = torch.zeros((), device=device, dtype=torch.long)
+        correct_sum = torch.zeros((), device=device)
+        weight_sum = torch.zeros((), device=device)
         with _explain_out_of_memory(self.batch_size):
             for batch in batch_slices(len(data), self.batch_size, training=False):
                 indices = data.indices[batch]
                 targets = data.targets(indices, device)
+                weights = data.batch_weights(indices, device)
                 with autocast_context(device, self.amp_dtype):
-                    logits = self.forward(data.images.get(indices)).float()
-                loss_sum += F.cross_entropy(logits, targets, reduction="sum")
-                n_correct += (logits.argmax(dim=1) == targets).sum()
-        return loss_sum.item() / len(data), n_correct.item() / len(data)
+                    logits = forward(data.images.get(indices)).float()
+                # The plain (unsmoothed) loss: comparable across settings.
+                loss_sum += weighted_cross_entropy(
+                    logits, targets, weights, reduction="sum"
+                )
+                correct = (logits.argmax(dim=1) == targets).float()
+                if weights is None:
+                    correct_sum += correct.sum()
+                    weight_sum += len(indices)
+                else:
+                    correct_sum += weights @ correct
+                    weight_sum += weights.sum()
+                if keep_logits:
+                    if all_logits is None:
+                        all_logits = torch.empty((len(data), logits.shape[1]))
+                    all_logits[batch] = logits.cpu()
+        total = weight_sum.item()
+        if total == 0:
+            return math.nan, math.nan, all_logits
+        return loss_sum.item() / total, correct_sum.item() / total, all_logits

@@ -23,6 +23,20 @@ def _small_classifier():
     )
 
 
-@parametrize_with_checks([_small_classifier()])
+def _expected_failed_checks(estimator):
+    return {
+        # Weight k must equal k repeats of a sample: repeats change the data's
+        # size, so its shuffling, validation split and batches; a stochastic
+        # mini-batch trainer meets this only in expectation.
+        "check_sample_weight_equivalence_on_dense_data": (
+            "stochastic mini-batch training: repeated samples change the "
+            "shuffling, the validation split and the batches"
+        ),
+    }
+
+
+@parametrize_with_checks(
+    [_small_classifier()], expected_failed_checks=_expected_failed_checks
+)
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
