@@ -149,8 +149,8 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
     n_iter_no_change : int, default=10
         Patience of early stopping (and, halved, of the ``"plateau"`` schedule).
     tol : float, default=0.0
-        Least gain of the validation score that counts as an improvement for early stopping
-        and the ``"plateau"`` schedule.
+        Least gain of the validation score that counts as an improvement for
+        early stopping and the ``"plateau"`` schedule.
     checkpoint_path : str or path, default=None
         Where to write the best weights whenever the validation score
         improves (the report's ``resnet-step.pth``; without validation data,
