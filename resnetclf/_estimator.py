@@ -48,6 +48,7 @@ from resnetclf._images import (
     model_input_channels,
     resolve_normalization,
 )
+from resnetclf._lora import add_lora_adapters, check_lora_rank, merge_lora_adapters
 from resnetclf._param_groups import (
     StageParamGroups,
     check_layer_lr_decay,
@@ -87,7 +88,12 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         torchvision builder of the ResNet family: ``"resnet18"``, ``"resnet34"``,
         ``"resnet50"``, ``"resnet101"``, ``"resnet152"``, ``"resnext50_32x4d"``,
         ``"resnext101_32x8d"``, ``"resnext101_64x4d"``, ``"wide_resnet50_2"``
-        or ``"wide_resnet101_2"``.
+        or ``"wide_resnet101_2"``; or a callable taking no arguments that
+        returns a ``torchvision.models.ResNet`` (fewer or narrower blocks, say:
+        ``functools.partial(torchvision.models.resnet.ResNet, BasicBlock,
+        [1, 1, 1, 1])``), whose ``fc`` is replaced like a named builder's. To
+        pickle, clone in parallel or save, it must be a module-level function
+        or a ``functools.partial`` of one; its weights are None or a file.
     weights : str, path, torchvision WeightsEnum or None, default="DEFAULT"
         Initial weights: ``"DEFAULT"`` or another torchvision weights name of
         ``arch`` (``"IMAGENET1K_V1"``, ``"IMAGENET1K_V2"``), fetched through
@@ -213,6 +219,14 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         about the last 100 steps). The average is what validation scores,
         what the best epoch keeps, what the checkpoint holds and what
         ``module_`` ends with. None turns it off.
+    lora_rank : int or None, default=None
+        None fine-tunes every weight of the trainable stages. An int trains
+        low-rank adapters (LoRA) of that rank on the convolution weights of
+        the trainable stages instead, their pretrained weights frozen; the
+        new head and the batch norms of those stages train in full. At the
+        end of ``fit`` the adapters are merged into plain weights, so
+        ``module_``, checkpoints and pickles are a plain torchvision ResNet.
+        At most ``min(out, in * kh * kw)`` of the smallest adapted layer.
 
     Attributes
     ----------
@@ -239,8 +253,9 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         Validation score (``scoring``; accuracy by default) of
         ``best_epoch_``; None without validation.
     n_trainable_params_ : int
-        Number of values the last ``fit`` trained (the frozen stages left
-        out).
+        Number of values the last ``fit`` trained (frozen stages and, with
+        ``lora_rank``, the frozen pretrained weights left out; the adapters
+        counted).
     n_iter_ : int
         Epochs trained, all ``fit`` calls of a warm start included.
     device_ : torch.device
@@ -265,7 +280,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "arch": [str],  # names checked in check_arch, listed in a stable order
+        "arch": [str, callable],  # checked in check_arch
         "weights": "no_validation",  # checked against arch in resolve_weights
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -294,6 +309,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         "freeze_epochs": [Interval(Integral, 0, None, closed="left")],
         "label_smoothing": [Interval(Real, 0, 1, closed="left")],
         "ema_decay": [Interval(Real, 0, 1, closed="neither"), None],
+        "lora_rank": [Interval(Integral, 1, None, closed="left"), None],
     }
 
     def __init__(
@@ -327,6 +343,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         freeze_epochs: int = 0,
         label_smoothing: float = 0.0,
         ema_decay: float | None = None,
+        lora_rank: int | None = None,
     ) -> None:
         self.arch = arch
         self.weights = weights
@@ -357,6 +374,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         self.freeze_epochs = freeze_epochs
         self.label_smoothing = label_smoothing
         self.ema_decay = ema_decay
+        self.lora_rank = lora_rank
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -463,9 +481,10 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
                     "layer_lr_decay freezes the head (fc)"
                 )
             initial_weights = None if warm else resolve_weights(self.arch, self.weights)
+            model_channels = model_input_channels(layout.channels, mean, std)
+            self._check_network(warm, len(classes), model_channels, stage_lrs)
             scorer = EpochScorer(self.scoring, self, classes)
             rng = check_random_state(self.random_state)
-            model_channels = model_input_channels(layout.channels, mean, std)
             if warm:
                 _check_kept_network(self.module_, model_channels, len(classes))
             images = ImageBatches(X, layout, device, mean, std, model_channels)
@@ -506,6 +525,17 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             normalization=(mean, std),
             warm=warm,
         )
+
+    def _check_network(
+        self, warm: bool, n_classes: int, model_channels: int, stage_lrs
+    ) -> None:
+        """Check, on a weightless copy, that the network suits this fit."""
+        if warm or (self.lora_rank is None and not callable(self.arch)):
+            return
+        with torch.device("meta"):
+            probe = build_resnet(self.arch, None, n_classes, model_channels)
+        if self.lora_rank is not None:
+            check_lora_rank(probe, self.lora_rank, _trainable_stages(stage_lrs))
 
     def _explicit_validation(
         self, images, y_encoded, weights, X_val, y_val, sample_weight_val,
@@ -564,8 +594,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         if setup.warm:
             return self.module_.to(setup.device)
         device = setup.device
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=_rng_devices(device)):
             # Seeded here, so the new head (and a randomly initialised backbone)
             # follow random_state without touching the global torch RNG.
             torch.manual_seed(setup.seed)
@@ -578,20 +607,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         return model.to(device, memory_format=torch.channels_last)
 
     def _epoch_loop(self, model: nn.Module, setup: _FitSetup) -> EpochLoop:
-        freeze_stages(model, setup.stage_lrs)
-        # A 1-channel conv1 is always the RGB stem folded over repeated gray.
-        stem_fold = 3 if model.conv1.in_channels == 1 else 1
-        groups = StageParamGroups(model, setup.stage_lrs, self.weight_decay, stem_fold)
         device = setup.device
-        optimizer = _make_optimizer(self.optimizer, groups.groups, device)
-        schedule = EpochSchedule(
-            self.lr_schedule,
-            optimizer,
-            n_epochs=self.max_iter,
-            warmup_epochs=self.warmup_epochs,
-            patience=max(1, self.n_iter_no_change // 2),
-            tol=self.tol,
-        )
         warm = self.warm_start and hasattr(self, "history_")
         best = BestWeights(checkpoint_path=self.checkpoint_path)
         if warm and setup.val is not None and self.best_score_ is not None:
@@ -602,6 +618,26 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
                 {k: v.detach().clone() for k, v in model.state_dict().items()},
                 self.checkpoint_path,
             )
+        freeze_stages(model, setup.stage_lrs)
+        if self.lora_rank is not None:
+            with torch.random.fork_rng(devices=_rng_devices(device)):
+                # The factors are drawn from the global RNG: seed it here.
+                torch.manual_seed(setup.seed + 2)
+                add_lora_adapters(
+                    model, self.lora_rank, _trainable_stages(setup.stage_lrs)
+                )
+        # A 1-channel conv1 is always the RGB stem folded over repeated gray.
+        stem_fold = 3 if model.conv1.in_channels == 1 else 1
+        groups = StageParamGroups(model, setup.stage_lrs, self.weight_decay, stem_fold)
+        optimizer = _make_optimizer(self.optimizer, groups.groups, device)
+        schedule = EpochSchedule(
+            self.lr_schedule,
+            optimizer,
+            n_epochs=self.max_iter,
+            warmup_epochs=self.warmup_epochs,
+            patience=max(1, self.n_iter_no_change // 2),
+            tol=self.tol,
+        )
         n_batches = len(batch_slices(len(setup.train), self.batch_size, training=True))
         return EpochLoop(
             model=model,
@@ -636,14 +672,19 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         """Run the training phases: the head alone first when
         ``freeze_epochs`` asks for it, then every stage at its rate."""
         plain_forward = loop.forward
-        for n_epochs, stage_lrs in self._phases(setup.stage_lrs):
-            loop.frozen_stages = freeze_stages(model, stage_lrs)
-            # A phase that changes what trains needs graphs of its own.
-            with self._accelerated(model, plain_forward, setup, n_epochs, loop):
-                loop.run(setup.train, setup.val, n_epochs)
-            loop.forward = plain_forward
-            if loop.stopped:
-                break
+        try:
+            for n_epochs, stage_lrs in self._phases(setup.stage_lrs):
+                loop.frozen_stages = freeze_stages(model, stage_lrs)
+                # A phase that changes what trains needs graphs of its own.
+                with self._accelerated(model, plain_forward, setup, n_epochs, loop):
+                    loop.run(setup.train, setup.val, n_epochs)
+                loop.forward = plain_forward
+                if loop.stopped:
+                    break
+        finally:
+            # Adapters merged, the model is a plain torchvision ResNet again,
+            # whatever happened (an adapted module does not pickle).
+            merge_lora_adapters(model)
         freeze_stages(model, setup.stage_lrs)
         loop.keep_final_weights()
         # The last step's gradients would double the fitted model's memory.
@@ -953,6 +994,14 @@ def _check_kept_network(module: nn.Module, in_channels: int, n_classes: int):
             "every channel, else 3): keep the first fit's normalization, or "
             "set warm_start=False"
         )
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+def _trainable_stages(stage_lrs: dict[str, float]) -> list[str]:
+    return [stage for stage, rate in stage_lrs.items() if rate > 0]
 
 
 def _ndim(X) -> int:

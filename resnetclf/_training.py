@@ -19,6 +19,7 @@ from torch.optim.swa_utils import AveragedModel
 from resnetclf._backbone import to_torchvision_layout
 from resnetclf._checkpoint import save_state_dict_atomic
 from resnetclf._images import ImageBatches
+from resnetclf._lora import merged_state_dict
 from resnetclf._param_groups import StageParamGroups, set_frozen_to_eval
 from resnetclf._progress import ProgressReporter
 from resnetclf._schedules import EpochSchedule
@@ -174,7 +175,10 @@ class BestWeights:
         if not score > self.score:
             return False
         self.score, self.epoch = score, epoch
-        self.state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        # In torchvision's layout: low-rank adapters, if any, merged.
+        self.state_dict = {
+            k: v.detach().clone() for k, v in merged_state_dict(model).items()
+        }
         self.write_checkpoint(model)
         return True
 
@@ -300,11 +304,14 @@ class EpochLoop:
 
     def keep_final_weights(self) -> None:
         """Leave ``model`` holding the weights fit returns: the best epoch's,
-        or without validation the last epoch's (averaged, with ``ema``)."""
+        or without validation the last epoch's (averaged, with ``ema``).
+
+        ``model`` must be plain (adapters merged) by now.
+        """
         if self.best.state_dict is not None:
             self.best.restore(self.model)
         elif self.ema is not None:
-            self.model.load_state_dict(self.ema.module.state_dict())
+            self.model.load_state_dict(merged_state_dict(self.ema.module))
 
     def run_epoch(
         self, epoch: int, train: LabelledImages, val: LabelledImages | None

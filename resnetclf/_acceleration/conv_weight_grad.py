@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 __all__ = ["gemm_weight_grads", "uses_gemm_weight_grad", "weight_grad_by_gemm"]
 
@@ -139,8 +140,13 @@ def _autocast_on_cpu() -> bool:
 
 
 def _has_plain_geometry(conv: nn.Conv2d) -> bool:
+    kind = type(conv)
+    if parametrize.is_parametrized(conv, "weight"):
+        # Low-rank adapters: torch gives the module a class of its own,
+        # derived from its original one, whose weight is computed on access.
+        kind = kind.__bases__[0]
     return (
-        type(conv) is nn.Conv2d
+        kind is nn.Conv2d
         and conv.groups == 1
         and conv.bias is None
         and conv.padding_mode == "zeros"
@@ -149,15 +155,22 @@ def _has_plain_geometry(conv: nn.Conv2d) -> bool:
     )
 
 
-def uses_gemm_weight_grad(conv: nn.Conv2d, inputs: torch.Tensor) -> bool:
+def uses_gemm_weight_grad(
+    conv: nn.Conv2d, inputs: torch.Tensor, weight: torch.Tensor | None = None
+) -> bool:
     """Whether ``conv`` on ``inputs`` takes the single-product weight gradient:
-    float32 training on the CPU, few output positions, many output channels."""
+    float32 training on the CPU, few output positions, many output channels.
+
+    ``weight`` is the weight of this call, when the caller has it: a
+    parametrized weight is computed anew on each ``conv.weight``.
+    """
+    weight = conv.weight if weight is None else weight
     if not (
         conv.out_channels >= MIN_OUT_CHANNELS
         and inputs.device.type == "cpu"
         and inputs.dtype == torch.float32
-        and conv.weight.dtype == torch.float32
-        and conv.weight.requires_grad
+        and weight.dtype == torch.float32
+        and weight.requires_grad
         and torch.is_grad_enabled()
         and not _autocast_on_cpu()
     ):
@@ -170,17 +183,28 @@ def uses_gemm_weight_grad(conv: nn.Conv2d, inputs: torch.Tensor) -> bool:
     return positions <= MAX_OUTPUT_POSITIONS
 
 
-class _GemmWeightGradConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that routes eligible calls through the single-product
-    weight gradient; instances only ever get this class for the duration of
-    :func:`gemm_weight_grads`."""
+class _GemmWeightGrad:
+    """Mixed into a convolution's class, routes eligible calls through the
+    single-product weight gradient; instances only ever get such a class for
+    the duration of :func:`gemm_weight_grads`."""
 
     def _conv_forward(self, input, weight, bias):
-        if bias is None and uses_gemm_weight_grad(self, input):
+        if bias is None and uses_gemm_weight_grad(self, input, weight):
             return _ConvGemmWeightGrad.apply(
                 input, weight, tuple(self.stride), tuple(self.padding)
             )
         return super()._conv_forward(input, weight, bias)
+
+
+class _GemmWeightGradConv2d(_GemmWeightGrad, nn.Conv2d):
+    """``nn.Conv2d`` with the single-product weight gradient."""
+
+
+def _switched_class(kind: type) -> type:
+    if kind is nn.Conv2d:
+        return _GemmWeightGradConv2d
+    # A parametrized convolution's class is made for that one module.
+    return type(f"GemmWeightGrad{kind.__name__}", (_GemmWeightGrad, kind), {})
 
 
 @contextlib.contextmanager
@@ -194,11 +218,11 @@ def gemm_weight_grads(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     Each call still decides by device, dtype and map size, so the switch is
     harmless wherever the single product does not apply.
     """
-    convs = [m for m in model.modules() if enabled and _has_plain_geometry(m)]
-    for conv in convs:
-        conv.__class__ = _GemmWeightGradConv2d
+    kinds = {m: type(m) for m in model.modules() if enabled and _has_plain_geometry(m)}
+    for conv, kind in kinds.items():
+        conv.__class__ = _switched_class(kind)
     try:
         yield
     finally:
-        for conv in convs:
-            conv.__class__ = nn.Conv2d
+        for conv, kind in kinds.items():
+            conv.__class__ = kind
