@@ -90,6 +90,7 @@ def run_report_loop(
     config: BenchConfig,
     device: torch.device,
     epochs: int,
+    test_idx: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train as the report did; return per-epoch seconds and accuracies.
 
@@ -142,9 +143,24 @@ def run_report_loop(
         accuracies.append(accuracy)
         if accuracy > best_accuracy:
             best_accuracy, best_state = accuracy, copy.deepcopy(model.state_dict())
-    del best_state
-    return {
+    result = {
         "epoch_seconds": epoch_seconds,
         "epoch_cpu_seconds": epoch_cpu_seconds,
         "val_accuracy": accuracies,
     }
+    if test_idx is not None:
+        # The report's last step: the best epoch's weights on the test set.
+        model.load_state_dict(best_state)
+        model.eval()
+        test_loader = DataLoader(
+            ReportStyleDataset(X[test_idx], y[test_idx], val_tf),
+            batch_size=config.batch_size,
+        )
+        correct = 0
+        with torch.no_grad():
+            for inputs, targets in test_loader:
+                outputs = model(inputs.to(device))
+                correct += (outputs.argmax(dim=1) == targets.to(device)).sum().item()
+        result["test_accuracy"] = correct / max(1, len(test_idx))
+    del best_state
+    return result

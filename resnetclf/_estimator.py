@@ -56,7 +56,11 @@ from resnetclf._param_groups import (
     stage_learning_rates,
 )
 from resnetclf._progress import ProgressReporter
-from resnetclf._sample_weights import combined_sample_weight, normalised_or_none
+from resnetclf._sample_weights import (
+    combined_sample_weight,
+    normalised_or_none,
+    per_class_weights,
+)
 from resnetclf._schedules import SCHEDULES, EpochSchedule
 from resnetclf._scoring import EpochScorer
 from resnetclf._split import stratified_holdout
@@ -464,9 +468,8 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
                     "warm_start=True needs the classes of the first fit "
                     f"{self.classes_.tolist()}; y has {classes.tolist()}"
                 )
-            weights = combined_sample_weight(
-                sample_weight, self.class_weight, X, y, classes
-            )
+            class_weights = per_class_weights(self.class_weight, classes, y)
+            weights = combined_sample_weight(sample_weight, class_weights, X, y_encoded)
             if weights is not None:
                 _check_every_class_weighted(weights, y_encoded, classes)
             stage_lrs = stage_learning_rates(self.lr, self.layer_lr_decay)
@@ -491,7 +494,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             if X_val is not None:
                 train, val, validation_X = self._explicit_validation(
                     images, y_encoded, weights, X_val, y_val, sample_weight_val,
-                    classes, layout, mean, std,
+                    classes, class_weights, layout, mean, std,
                 )  # fmt: skip
             else:
                 train, val = self._held_out_validation(
@@ -539,7 +542,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
 
     def _explicit_validation(
         self, images, y_encoded, weights, X_val, y_val, sample_weight_val,
-        classes, layout, mean, std,
+        classes, class_weights, layout, mean, std,
     ) -> tuple[LabelledImages, LabelledImages, np.ndarray]:  # fmt: skip
         X_val, val_layout = self._validate_images(
             X_val, name="X_val", expected=layout.image_shape
@@ -549,8 +552,9 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         unseen = np.setdiff1d(y_val, classes)
         if len(unseen):
             raise ValueError(f"y_val has labels not in y: {unseen[:10].tolist()}")
+        y_val_encoded = np.searchsorted(classes, y_val)
         val_weights = combined_sample_weight(
-            sample_weight_val, self.class_weight, X_val, y_val, classes,
+            sample_weight_val, class_weights, X_val, y_val_encoded,
             name="sample_weight_val",
         )  # fmt: skip
         val_images = ImageBatches(
@@ -560,7 +564,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         val = LabelledImages(
             val_images,
             np.arange(len(X_val)),
-            np.searchsorted(classes, y_val),
+            y_val_encoded,
             normalised_or_none(val_weights, "sample_weight_val"),
         )
         train = _weighted_part(images, np.arange(len(y_encoded)), y_encoded, weights)

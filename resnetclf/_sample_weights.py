@@ -8,21 +8,43 @@ import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import _check_sample_weight
 
-__all__ = ["combined_sample_weight", "normalised_or_none"]
+__all__ = ["combined_sample_weight", "normalised_or_none", "per_class_weights"]
+
+
+def per_class_weights(class_weight, classes: np.ndarray, y) -> np.ndarray | None:
+    """The weight of each class of ``classes`` (None for ``class_weight=None``).
+
+    ``class_weight`` is ``"balanced"`` or a mapping from labels to weights,
+    with :func:`sklearn.utils.class_weight.compute_class_weight`'s meaning,
+    computed on the training labels ``y``; validation samples get the same
+    weights for their classes.
+    """
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, Mapping):
+        known = set(classes.tolist())
+        unknown = [label for label in class_weight if label not in known]
+        if unknown:
+            raise ValueError(
+                f"class_weight has labels that are not in y: {unknown[:10]}"
+            )
+    return compute_class_weight(class_weight, classes=classes, y=y)
 
 
 def combined_sample_weight(
-    sample_weight, class_weight, X, y, classes: np.ndarray, name: str = "sample_weight"
+    sample_weight,
+    class_weights: np.ndarray | None,
+    X,
+    y_encoded: np.ndarray,
+    name: str = "sample_weight",
 ) -> np.ndarray | None:
-    """``sample_weight`` times the class weights of ``y``, or None for uniform.
+    """``sample_weight`` times the class weights of ``y_encoded``, or None.
 
-    ``sample_weight`` is checked as scikit-learn does (one finite, non-negative
-    value per sample); ``class_weight`` is None, ``"balanced"`` or a mapping
-    from labels to weights, with :func:`sklearn.utils.class_weight
-    .compute_class_weight`'s meaning. None comes back when both are None, so
-    an unweighted fit runs the plain loss.
+    ``sample_weight`` is checked as scikit-learn does (one finite,
+    non-negative value per sample, not all 0). None comes back when both are
+    None, so an unweighted fit runs the plain loss.
     """
-    if sample_weight is None and class_weight is None:
+    if sample_weight is None and class_weights is None:
         return None
     if sample_weight is not None:
         # The message names the argument: the validation set's own has its name.
@@ -33,16 +55,9 @@ def combined_sample_weight(
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from exc
     else:
-        sample_weight = np.ones(len(y), dtype=np.float64)
-    if class_weight is not None:
-        if isinstance(class_weight, Mapping):
-            unknown = [label for label in class_weight if label not in set(classes)]
-            if unknown:
-                raise ValueError(
-                    f"class_weight has labels that are not in y: {unknown[:10]}"
-                )
-        per_class = compute_class_weight(class_weight, classes=classes, y=y)
-        sample_weight = sample_weight * per_class[np.searchsorted(classes, y)]
+        sample_weight = np.ones(len(y_encoded), dtype=np.float64)
+    if class_weights is not None:
+        sample_weight = sample_weight * class_weights[y_encoded]
     return sample_weight
 
 

@@ -371,3 +371,12 @@ def test_methods_compose_with_warmup_cosine(data):
     assert clf.history_[1]["lr_layer4"] == pytest.approx(5e-4)
     assert clf.best_score_ == max(r["val_score"] for r in clf.history_)
     assert clf.n_trainable_params_ == sum(p.numel() for p in clf.module_.parameters())
+
+
+def test_balanced_class_weight_with_validation_missing_a_class(data):
+    X, y = data
+    on_two_classes = y < 2
+    X_val, y_val = X[on_two_classes][:10], y[on_two_classes][:10]
+    clf = small_classifier(max_iter=1, class_weight="balanced")
+    clf.fit(X, y, X_val=X_val, y_val=y_val)
+    assert clf.best_score_ is not None
