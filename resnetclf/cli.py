@@ -22,7 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from sklearn.metrics import ConfusionMatrixDisplay, classification_report
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    classification_report,
+    get_scorer_names,
+)
 
 from resnetclf import (
     ResNetFineTuneClassifier,
@@ -283,6 +287,47 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: every epoch is trained)",
     )
 
+    accuracy = parser.add_argument_group(
+        "getting more accuracy (see the user guide; all off by default)"
+    )
+    accuracy.add_argument(
+        "--class-weight",
+        choices=("balanced",),
+        help="weight each class's loss by n_samples / (n_classes * count)",
+    )
+    accuracy.add_argument(
+        "--scoring",
+        metavar="SCORER",
+        help="scikit-learn scorer that picks the best epoch, e.g. "
+        "balanced_accuracy (default: accuracy)",
+    )
+    accuracy.add_argument(
+        "--freeze-epochs",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="train the new head alone for the first N epochs",
+    )
+    accuracy.add_argument(
+        "--label-smoothing",
+        type=_smoothing,
+        default=0.0,
+        metavar="EPS",
+        help="label smoothing of the training loss, in [0, 1)",
+    )
+    accuracy.add_argument(
+        "--ema-decay",
+        type=_open_fraction,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights, e.g. 0.99",
+    )
+    accuracy.add_argument(
+        "--lora-rank",
+        type=_positive_int,
+        metavar="R",
+        help="train rank-R LoRA adapters instead of every weight",
+    )
+
     output = parser.add_argument_group("output")
     output.add_argument(
         "--out",
@@ -387,12 +432,35 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _smoothing(text: str) -> float:
+    value = _non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1); got {text}")
+    return value
+
+
+def _open_fraction(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1); got {text}")
+    return value
+
+
 def _check_train_arguments(parser: argparse.ArgumentParser, args) -> None:
     """What argparse's types cannot see alone; errors exit with status 2."""
     if not 0.0 <= args.layer_lr_decay <= 1.0:
         parser.error(f"--layer-lr-decay must be in [0, 1]; got {args.layer_lr_decay}")
     if args.val_size + args.test_size >= 1:
         parser.error("--val-size and --test-size must leave images for training")
+    if args.scoring is not None and args.scoring not in get_scorer_names():
+        parser.error(
+            f"--scoring {args.scoring!r} is not a scikit-learn scorer name; "
+            "see sklearn.metrics.get_scorer_names()"
+        )
+    if args.freeze_epochs > args.epochs:
+        parser.error(
+            f"--freeze-epochs {args.freeze_epochs} is more than --epochs {args.epochs}"
+        )
     names = list(torchvision.models.get_model_weights(args.arch).__members__)
     if args.weights.lower() == "none":
         args.weights = None
@@ -546,6 +614,12 @@ def _classifier(args, checkpoint: Path):
         device=args.device,
         random_state=args.seed,
         verbose=args.verbose,
+        class_weight=args.class_weight,
+        scoring=args.scoring,
+        freeze_epochs=args.freeze_epochs,
+        label_smoothing=args.label_smoothing,
+        ema_decay=args.ema_decay,
+        lora_rank=args.lora_rank,
     )
 
 

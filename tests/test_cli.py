@@ -156,6 +156,11 @@ def test_predict_reports_a_model_it_cannot_load(tmp_path, capsys):
         (["train", "--layer-lr-decay", "2"], "--layer-lr-decay must be in [0, 1]"),
         (["train", "--val-size", "0.5", "--test-size", "0.5"], "must leave images"),
         (["train", "--batch-size", "many"], "--batch-size: invalid"),
+        (["train", "--scoring", "most_accurate"], "--scoring 'most_accurate'"),
+        (["train", "--epochs", "2", "--freeze-epochs", "3"], "--freeze-epochs 3"),
+        (["train", "--label-smoothing", "1"], "--label-smoothing: must be in"),
+        (["train", "--ema-decay", "1.5"], "--ema-decay: must be in"),
+        (["train", "--lora-rank", "0"], "--lora-rank: must be an integer >= 1"),
         (["predict", "--model", "m"], "one of the arguments --data-dir --images"),
         (
             ["predict", "--model", "m", "--data-dir", "d", "--images", "x"],
@@ -175,6 +180,32 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error:" in err
     assert message in err
+
+
+def test_accuracy_options_reach_the_estimator(tmp_path, monkeypatch):
+    import resnetclf.cli as cli
+
+    seen = {}
+    build = cli._classifier
+
+    def spy(args, checkpoint):
+        clf = build(args, checkpoint)
+        seen.update(clf.get_params())
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "_classifier", spy)
+    argv = [
+        "train", *QUICK, "--out", str(tmp_path / "run"),
+        "--class-weight", "balanced", "--scoring", "balanced_accuracy",
+        "--freeze-epochs", "1", "--label-smoothing", "0.1",
+        "--ema-decay", "0.99", "--lora-rank", "4",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert seen["class_weight"] == "balanced"
+    assert seen["scoring"] == "balanced_accuracy"
+    assert (seen["freeze_epochs"], seen["label_smoothing"]) == (1, 0.1)
+    assert (seen["ema_decay"], seen["lora_rank"]) == (0.99, 4)
 
 
 def test_help_from_python_m_and_the_console_script():
