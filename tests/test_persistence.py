@@ -304,3 +304,19 @@ def test_missing_files_are_named(copy_of_saved, missing):
         (folder / missing).unlink()
     with pytest.raises(FileNotFoundError, match=missing or ESTIMATOR_FILE):
         load_model(folder)
+
+
+def test_a_fit_with_the_accuracy_methods_roundtrips(tiny_images, tmp_path):
+    X, y = tiny_images
+    clf = small_classifier(
+        max_iter=2,
+        class_weight={0: 2.0, 2: 0.5},
+        scoring="neg_log_loss",
+        freeze_epochs=1,
+        label_smoothing=0.1,
+        ema_decay=0.9,
+        lora_rank=2,
+    ).fit(X, y)
+    loaded = _roundtrip(clf, tmp_path / "model")
+    _check_same_estimator(loaded, clf)
+    assert np.array_equal(loaded.predict_proba(X), clf.predict_proba(X))
