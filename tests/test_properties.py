@@ -121,7 +121,9 @@ def images(draw, max_side=7):
     dtype = np.dtype(draw(st.sampled_from(NUMERIC_DTYPES)))
     if dtype.kind == "f":
         # Mostly [0, 1], as documented; sometimes beyond (a warning, not an error).
-        elements = st.floats(0, draw(st.sampled_from([1.0, 300.0])), width=32)
+        elements = st.floats(
+            0, draw(st.sampled_from([1.0, 300.0])), width=min(32, 8 * dtype.itemsize)
+        )
     elif dtype.kind == "b":
         elements = st.booleans()
     else:

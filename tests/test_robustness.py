@@ -219,7 +219,7 @@ def test_keyboard_interrupt_keeps_best_weights(best_epoch_fits, monkeypatch):
 def test_out_of_memory_suggests_smaller_batch(tiny_images, monkeypatch):
     X, y = tiny_images
 
-    def out_of_memory(self, inputs, targets):
+    def out_of_memory(self, *args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory (test)")
 
     monkeypatch.setattr(_training.EpochLoop, "train_step", out_of_memory)
