@@ -355,7 +355,14 @@ def warn_if_beyond_unit_range(X: np.ndarray, name: str = "X") -> float | None:
     scratch copes with the scale. One reduction over the array, no copy.
 
     Returns the maximum checked, or None when the dtype needs no check.
+    Dates and durations, which scikit-learn's numeric check lets through,
+    are refused here with a TypeError naming the array.
     """
+    if X.dtype.kind in "mM":
+        raise TypeError(
+            f"{name} has dtype {X.dtype}: images must hold numbers (uint8, or "
+            "floats in [0, 1]), not dates or durations"
+        )
     if X.dtype == np.uint8 or X.dtype == np.bool_ or X.size == 0:
         return None
     maximum = float(np.max(X))

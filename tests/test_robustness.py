@@ -55,12 +55,6 @@ def test_bad_X_is_refused(name, no_training):
         small_classifier().fit(X, np.arange(24) % 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by tests/test_properties.py: datetime64/timedelta64 images pass "
-    "sklearn's numeric check and then fail in warn_if_beyond_unit_range with "
-    "numpy's float() TypeError, which names neither X nor its dtype",
-)
 @pytest.mark.parametrize("dtype", ["datetime64[s]", "timedelta64[s]"])
 def test_date_and_time_images_are_refused_by_name(dtype, no_training):
     X = np.ones((24, 12, 20)).astype(dtype)
