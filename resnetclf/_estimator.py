@@ -114,9 +114,14 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
     lr : float, default=1e-3
         Learning rate of the head (``fc``); the stages below get
         ``layer_lr_decay``'s share of it.
-    layer_lr_decay : float or dict, default=0.5
-        Layer-wise learning rates. A float ``d`` in [0, 1] gives the stage ``k``
-        steps below the head ``lr * d**k`` (stages, input to head: ``"stem"``
+    layer_lr_decay : "auto", float or dict, default="auto"
+        Layer-wise learning rates. ``"auto"`` is 0.5 (the report's recipe) when
+        ``weights`` starts from trained weights, and 1.0, one rate for every
+        stage, when ``weights=None``: from random initialisation there are no
+        learnt features to protect, and halving rates per stage cost accuracy
+        (``benchmarks/bench_recipes.py``; see the user guide). A float ``d``
+        in [0, 1] gives the stage ``k`` steps below the head ``lr * d**k``
+        (stages, input to head: ``"stem"``
         (conv1, bn1), ``"layer1"`` .. ``"layer4"``, ``"fc"``). A dict maps stage
         names to learning rates; stages left out train at ``lr``. A stage at 0 is
         frozen: no gradient, no update, its batch-norm statistics fixed, and
@@ -289,7 +294,11 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
-        "layer_lr_decay": [Interval(Real, 0, 1, closed="both"), dict],
+        "layer_lr_decay": [
+            StrOptions({"auto"}),
+            Interval(Real, 0, 1, closed="both"),
+            dict,
+        ],
         "lr_schedule": [StrOptions(set(SCHEDULES))],
         "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
         "optimizer": [StrOptions({"adam", "adamw", "sgd"})],
@@ -323,7 +332,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         max_iter: int = 50,
         batch_size: int = 64,
         lr: float = 1e-3,
-        layer_lr_decay: float | dict = 0.5,
+        layer_lr_decay: str | float | dict = "auto",
         lr_schedule: str = "constant",
         warmup_epochs: int = 0,
         optimizer: str = "adam",
@@ -439,7 +448,8 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         """Every check on parameters and data, before any work is done."""
         self._validate_params()
         check_arch(self.arch)
-        check_layer_lr_decay(self.layer_lr_decay)
+        layer_lr_decay = self._layer_lr_decay()
+        check_layer_lr_decay(layer_lr_decay)
         if self.freeze_epochs > self.max_iter:
             raise ValueError(
                 f"freeze_epochs={self.freeze_epochs} is more than "
@@ -472,7 +482,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             weights = combined_sample_weight(sample_weight, class_weights, X, y_encoded)
             if weights is not None:
                 _check_every_class_weighted(weights, y_encoded, classes)
-            stage_lrs = stage_learning_rates(self.lr, self.layer_lr_decay)
+            stage_lrs = stage_learning_rates(self.lr, layer_lr_decay)
             if not any(stage_lrs.values()):
                 raise ValueError(
                     "layer_lr_decay freezes every stage: at least one learning "
@@ -528,6 +538,12 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             normalization=(mean, std),
             warm=warm,
         )
+
+    def _layer_lr_decay(self) -> float | dict:
+        """``layer_lr_decay`` with ``"auto"`` resolved."""
+        if isinstance(self.layer_lr_decay, str) and self.layer_lr_decay == "auto":
+            return 1.0 if self.weights is None else 0.5
+        return self.layer_lr_decay
 
     def _check_network(
         self, warm: bool, n_classes: int, model_channels: int, stage_lrs

@@ -352,6 +352,7 @@ def test_methods_compose_with_warmup_cosine(data):
     clf = small_classifier(
         max_iter=4,
         lr=1e-3,
+        layer_lr_decay=0.5,
         warmup_epochs=1,
         lr_schedule="cosine",
         freeze_epochs=1,
@@ -380,3 +381,17 @@ def test_balanced_class_weight_with_validation_missing_a_class(data):
     clf = small_classifier(max_iter=1, class_weight="balanced")
     clf.fit(X, y, X_val=X_val, y_val=y_val)
     assert clf.best_score_ is not None
+
+
+def test_auto_layer_lr_decay_halves_rates_only_for_trained_weights(data, weights_file):
+    X, y = data
+    scratch = small_classifier(max_iter=1, validation_fraction=0).fit(X, y)
+    rates = scratch.history_[0]
+    assert rates["lr_stem"] == rates["lr_layer2"] == rates["lr_fc"] == 1e-3
+    pretrained = small_classifier(
+        max_iter=1, weights=str(weights_file), validation_fraction=0
+    ).fit(X, y)
+    rates = pretrained.history_[0]
+    assert rates["lr_layer4"] == pytest.approx(rates["lr_fc"] / 2)
+    assert rates["lr_stem"] == pytest.approx(rates["lr_fc"] / 32)
+    assert scratch.get_params()["layer_lr_decay"] == "auto"

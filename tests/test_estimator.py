@@ -206,7 +206,11 @@ def test_no_weight_decay_on_norms_and_biases():
 def test_optimizers_and_schedules_train(tiny_images, schedule, optimizer):
     X, y = tiny_images
     clf = small_classifier(
-        max_iter=2, lr_schedule=schedule, optimizer=optimizer, warmup_epochs=1
+        max_iter=2,
+        lr_schedule=schedule,
+        optimizer=optimizer,
+        warmup_epochs=1,
+        layer_lr_decay=0.5,
     ).fit(X, y)
     assert clf.n_iter_ == 2
     # Warm-up: the first epoch runs at half the rate, all stages alike.
