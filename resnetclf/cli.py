@@ -240,11 +240,12 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument(
         "--layer-lr-decay",
-        type=float,
-        default=0.5,
+        type=_auto_or_float,
+        default="auto",
         metavar="FACTOR",
         help="each stage below the head trains at this factor of the stage above "
-        "(< 1: rates grow towards the head; 1: one rate for all; 0 freezes)",
+        "(< 1: rates grow towards the head; 1: one rate for all; 0 freezes); "
+        "auto: 0.5 with trained weights, 1 with --weights none",
     )
     model.add_argument(
         "--lr-schedule",
@@ -432,6 +433,17 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _auto_or_float(text: str) -> str | float:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be 'auto' or a number; got {text!r}"
+        ) from None
+
+
 def _smoothing(text: str) -> float:
     value = _non_negative_float(text)
     if value >= 1:
@@ -448,7 +460,7 @@ def _open_fraction(text: str) -> float:
 
 def _check_train_arguments(parser: argparse.ArgumentParser, args) -> None:
     """What argparse's types cannot see alone; errors exit with status 2."""
-    if not 0.0 <= args.layer_lr_decay <= 1.0:
+    if args.layer_lr_decay != "auto" and not 0.0 <= args.layer_lr_decay <= 1.0:
         parser.error(f"--layer-lr-decay must be in [0, 1]; got {args.layer_lr_decay}")
     if args.val_size + args.test_size >= 1:
         parser.error("--val-size and --test-size must leave images for training")
