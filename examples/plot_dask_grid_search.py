@@ -5,9 +5,10 @@ A grid search on a Dask cluster
 
 scikit-learn's searches run their fits through joblib, and inside
 ``joblib.parallel_backend("dask")`` every fit becomes a task on a Dask
-cluster. This example starts a local cluster of two worker processes, runs the
-learning-rate search of the previous example on it, and brings the best model
-back. On a real cluster, only the line that makes the ``Client`` changes.
+cluster. This example starts a local cluster of two worker processes, runs a
+smaller version of the previous example's learning-rate search on it, and
+scores the best model. On a real cluster, only the line that makes the
+``Client`` changes.
 
 Needs the ``dask`` extra: ``pip install "resnetclf[dask]"``.
 """

@@ -54,7 +54,8 @@ search.fit(X_search, y_search)
 # Scores of each candidate
 # ------------------------
 # ``cv_results_`` holds one entry per candidate; ``best_params_`` names the
-# winner, which ``GridSearchCV`` then refitted on all 900 images.
+# winner, which ``GridSearchCV`` then refitted on all 900 images. When the
+# winner sits at the edge of the grid, widen the grid in that direction.
 results = search.cv_results_
 for params, mean, std in zip(
     results["params"], results["mean_test_score"], results["std_test_score"]
