@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.model_selection import cross_val_score
 
 import resnetclf._training
 from resnetclf import ResNetFineTuneClassifier
@@ -63,6 +64,18 @@ def test_predict_and_predict_proba_warn_on_floats_above_one(fitted):
         assert len(caught) == 1
         assert "up to 2" in str(caught[0].message)  # 2xx.x
         assert caught[0].filename == __file__
+
+
+def test_warnings_through_scikit_learn_point_at_the_users_line(fitted):
+    X, y = _data(n=6, scale=16.0, seed=3)
+    # score and cross_validate call predict and fit from scikit-learn's code.
+    caught = _recorded(RANGE_MESSAGE, lambda: fitted.score(X, y))
+    assert [w.filename for w in caught] == [__file__]
+    X, y = _data(n=24, scale=16.0)
+    clf = _tiny(validation_fraction=0)
+    caught = _recorded(RANGE_MESSAGE, lambda: cross_val_score(clf, X, y, cv=2))
+    assert len(caught) == 4  # fit and predict, in each of the two folds
+    assert {w.filename for w in caught} == {__file__}
 
 
 def test_x_val_is_named_in_the_warning():
