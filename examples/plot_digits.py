@@ -6,7 +6,7 @@ A ResNet learns handwritten digits in seconds
 The quickest way to see :class:`~resnetclf.ResNetFineTuneClassifier` learn:
 a ResNet18 trained **from random weights** (no download, no GPU) on
 scikit-learn's bundled 8x8 images of handwritten digits. Ten epochs take
-about 20 seconds on two idle CPU cores and reach a test accuracy near 0.9,
+about 20 seconds on two idle CPU cores and reach a test accuracy above 0.9,
 where guessing scores 0.1.
 """
 
