@@ -12,12 +12,9 @@ the workers' count to be comparable bit for bit.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import joblib
 import numpy as np
@@ -29,8 +26,6 @@ from sklearn.model_selection import GridSearchCV
 
 from conftest import small_classifier
 from resnetclf import ResNetFineTuneClassifier
-
-EXAMPLE = Path(__file__).parents[1] / "examples" / "distributed_grid_search.py"
 
 #: Variables through which loky and Dask limit their workers' thread pools, and
 #: which a process-based ``LocalCluster`` also writes into the client's own
@@ -209,41 +204,3 @@ def test_fitted_estimator_comes_back_from_a_worker_on_cpu(dask_client, tiny_imag
 
 
 # ------------------------------------------------------------- example
-def load_example():
-    spec = importlib.util.spec_from_file_location("distributed_grid_search", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_example_runs_on_a_given_scheduler(dask_client, capsys):
-    example = load_example()
-    argv = [
-        "--scheduler", dask_client.scheduler.address,
-        "--n-samples", "60",
-        "--n-digits", "1",
-        "--image-shape", "12", "16",
-        "--epochs", "1",
-        "--batch-size", "32",
-        "--lr", "1e-3", "1e-2",
-        "--layer-lr-decay", "0.5",
-        "--cv", "2",
-    ]  # fmt: skip
-    with warnings.catch_warnings():
-        # Rare classes in the tiny internal validation splits; joblib hands
-        # this filter on to the workers.
-        warnings.simplefilter("ignore", UserWarning)
-        status = example.main(argv)
-    out = capsys.readouterr().out
-    assert status == 0, out
-    assert "best parameters: {'layer_lr_decay': 0.5, 'lr':" in out
-    assert out.count("layer_lr_decay=0.5") == 2
-    assert "test accuracy of the best model" in out
-
-
-def test_example_rejects_bad_arguments(capsys):
-    example = load_example()
-    with pytest.raises(SystemExit) as excinfo:
-        example.main(["--resources", "GPU"])
-    assert excinfo.value.code == 2
-    assert "NAME=AMOUNT" in capsys.readouterr().err
