@@ -201,6 +201,3 @@ def test_fitted_estimator_comes_back_from_a_worker_on_cpu(dask_client, tiny_imag
         local = clone(estimator).fit(X, y)
     assert without_seconds(remote.history_) == without_seconds(local.history_)
     np.testing.assert_array_equal(remote.predict_proba(X), local.predict_proba(X))
-
-
-# ------------------------------------------------------------- example
