@@ -113,6 +113,7 @@ def run_recipe(name, params, data, split, args, seed) -> dict[str, Any]:
             args.epochs, test_idx=split.test,
         )  # fmt: skip
         val, test = max(report["val_accuracy"]), report["test_accuracy"]
+        n_trainable = None
     else:
         clf = ResNetFineTuneClassifier(
             arch=args.arch,
@@ -130,10 +131,16 @@ def run_recipe(name, params, data, split, args, seed) -> dict[str, Any]:
             )
         val = max(record["val_accuracy"] for record in clf.history_)
         test = clf.score(X[split.test], y[split.test])
+        n_trainable = clf.n_trainable_params_
     seconds = time.perf_counter() - start
     print(f"  seed {seed} {name:<22} val {val:.3f} test {test:.3f} "
           f"({seconds:.0f} s)", file=sys.stderr)  # fmt: skip
-    return {"val_accuracy": val, "test_accuracy": test, "seconds": seconds}
+    return {
+        "val_accuracy": val,
+        "test_accuracy": test,
+        "seconds": seconds,
+        "n_trainable_params": n_trainable,
+    }
 
 
 def paired(a: list[float], b: list[float]) -> dict[str, Any]:

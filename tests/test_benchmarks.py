@@ -469,3 +469,53 @@ def test_docs_and_gpu_session_name_only_files_that_exist():
         ["bash", "-n", str(BENCHMARKS / "gpu_session.sh")], capture_output=True
     )
     assert checked.returncode == 0, checked.stderr
+
+
+def test_bench_recipes_smoke(tmp_path):
+    bench_recipes = _load_script("bench_recipes")
+    out = tmp_path / "recipes.json"
+    result = bench_recipes.main(
+        [
+            "--task",
+            "digits",
+            "--n-samples",
+            "120",
+            "--epochs",
+            "1",
+            "--seeds",
+            "2",
+            "--recipes",
+            "report_loop,base,base+label_smoothing,base+lora,best",
+            "--json",
+            str(out),
+        ]  # fmt: skip
+    )
+    assert json.loads(out.read_text())["best_methods"] == result["best_methods"]
+    summary = result["summary"]
+    assert set(summary) == {
+        "report_loop", "base", "base+label_smoothing", "base+lora", "best"
+    }  # fmt: skip
+    for name, row in summary.items():
+        assert 0.0 <= row["test_mean"] <= 1.0
+        if name != "report_loop":
+            assert row["vs_report_loop"]["verdict"] in {"noise", "BETTER", "WORSE"}
+    lora = result["runs"]["base+lora"][0]["n_trainable_params"]
+    assert 0 < lora < result["runs"]["base"][0]["n_trainable_params"]
+    # "best" takes exactly the methods that beat base on validation.
+    base_val = summary["base"]["val_mean"]
+    chosen = ["label_smoothing", "lora"]
+    expected = [m for m in chosen if summary[f"base+{m}"]["val_mean"] > base_val]
+    assert result["best_methods"] == expected
+
+
+def test_bench_recipes_paired_verdict():
+    bench_recipes = _load_script("bench_recipes")
+    assert bench_recipes.paired([0.9, 0.8, 0.85], [0.7, 0.6, 0.66])["verdict"] == (
+        "BETTER"
+    )
+    assert bench_recipes.paired([0.5, 0.9, 0.1], [0.6, 0.4, 0.3])["verdict"] == (
+        "noise"
+    )
+    assert bench_recipes.recipe_params("best", ["ema"]) == {
+        "layer_lr_decay": 1.0, "ema_decay": 0.98
+    }  # fmt: skip
