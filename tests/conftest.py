@@ -15,6 +15,11 @@ import torch
 
 from resnetclf import ResNetFineTuneClassifier
 
+# The tests' networks are tiny: on one thread they skip the fork/join cost of
+# each op, which dominates at this size (and a test that needs more threads
+# sets them itself). Worker processes keep their own settings.
+torch.set_num_threads(1)
+
 
 def small_classifier(**params) -> ResNetFineTuneClassifier:
     """A configuration that fits in a few seconds on a CPU."""
