@@ -329,3 +329,28 @@ def test_single_product_weight_gradients_give_the_same_factor_gradients():
         torch.testing.assert_close(
             ours[name], expected[name], rtol=1e-4, atol=1e-5, msg=name
         )
+
+
+def test_adapted_convolutions_take_the_single_product():
+    from unittest import mock
+
+    from resnetclf._acceleration import conv_weight_grad
+
+    model, _ = _adapted()
+    inputs, targets = _batch()
+    with (
+        mock.patch.object(
+            conv_weight_grad,
+            "weight_grad_by_gemm",
+            wraps=conv_weight_grad.weight_grad_by_gemm,
+        ) as spy,
+        gemm_weight_grads(model),
+    ):
+        F.cross_entropy(model(inputs), targets).backward()
+    assert spy.call_count >= 10
+    assert has_lora_adapters(model)
+    assert all(
+        type(m).__name__ == "ParametrizedConv2d"
+        for m in model.modules()
+        if hasattr(m, "parametrizations")
+    )
