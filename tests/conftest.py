@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from resnetclf import ResNetFineTuneClassifier
 
@@ -47,6 +48,16 @@ def head_only_classifier(**params) -> ResNetFineTuneClassifier:
     defaults = dict(layer_lr_decay=0.0, lr=3e-2, batch_size=8)
     defaults.update(params)
     return small_classifier(**defaults)
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory):
+    """A 3-class ResNet18 state dict in torchvision's layout, as a user would
+    pass it in ``weights``."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torchvision
 from sklearn.metrics import log_loss
 from sklearn.model_selection import GridSearchCV, cross_validate
 from sklearn.utils.class_weight import compute_class_weight
@@ -25,15 +24,6 @@ def data():
     X = rng.randint(0, 80, size=(len(y), 12, 20)) + 80 * y[:, None, None]
     order = rng.permutation(len(y))
     return X[order].astype(np.uint8), y[order]
-
-
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    """A ResNet18 state dict in torchvision's layout, as a user would pass."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
-    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), path)
-    return path
 
 
 def _proba(clf, X):

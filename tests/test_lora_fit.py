@@ -26,14 +26,6 @@ def data():
     return X.astype(np.uint8), y
 
 
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
-    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), path)
-    return path
-
-
 def small_resnet(blocks: tuple[int, ...] = (2, 2, 2, 2)) -> ResNet:
     """A ResNet with ``blocks`` basic blocks per stage (module level, so it
     pickles)."""
