@@ -144,6 +144,7 @@ def build_resnet(
     weights: WeightsEnum | Path | None,
     n_classes: int,
     in_channels: int,
+    verbose: int = 0,
 ) -> nn.Module:
     """Build ``arch`` with ``weights``, a new ``n_classes`` head and a stem for
     ``in_channels`` (1 or 3) input channels.

@@ -623,6 +623,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
                 setup.initial_weights,
                 len(setup.classes),
                 setup.train.images.model_channels,
+                verbose=self.verbose,
             )
         return model.to(device, memory_format=torch.channels_last)
 
