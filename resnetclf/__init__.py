@@ -9,9 +9,8 @@ from resnetclf._split import (
     stratified_subsample,
     train_val_test_split,
 )
+from resnetclf._version import __version__
 from resnetclf.plotting import plot_confident_mistakes, plot_history
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ResNetFineTuneClassifier",

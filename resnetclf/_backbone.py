@@ -344,4 +344,5 @@ def _weight_names(weights_enum) -> str:
 
 
 def _looks_like_path(text: str) -> bool:
-    return os.sep in text or "/" in text or Path(text).suffix in (".pth", ".pt")
+    suffixes = (".pth", ".pt", ".safetensors")
+    return os.sep in text or "/" in text or Path(text).suffix in suffixes
