@@ -4,9 +4,11 @@ A ``Dataset`` applying per-sample torchvision transforms (``ToTensor``, the
 gray channel repeated to three, ``RandomRotation``, ``Normalize(0.5, 0.5)``),
 a ``DataLoader`` without workers, an fp32 torchvision ResNet with 3 input
 channels in the default (contiguous) memory format and ``fc`` replaced, Adam
-with weight decay over one parameter group, a validation pass under
-``no_grad`` each epoch, and a copy of the best weights. ``bench_fit.py`` times
-it against ``fit``; ``bench_accuracy.py`` compares what both learn.
+with weight decay over one parameter group (or, with ``stage_decay``, one
+group per stage at rates rising towards the head, the report's layer-wise
+policy), a validation pass under ``no_grad`` each epoch, and a copy of the
+best weights. ``bench_fit.py`` times it against ``fit``; ``bench_recipes.py``
+compares what both learn, from random or from trained initial weights.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from _suite import BenchConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
+
+from resnetclf._param_groups import stage_learning_rates, stage_modules
 
 
 def _three_channels(image: torch.Tensor) -> torch.Tensor:
@@ -75,11 +79,39 @@ def report_transforms(rotation_degrees: float) -> tuple[Callable, Callable]:
     return train, val
 
 
-def report_optimizer(model: nn.Module, config: BenchConfig) -> torch.optim.Adam:
-    """The report's optimizer: one group, torch's default Adam implementation."""
-    return torch.optim.Adam(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+def report_optimizer(
+    model: nn.Module, config: BenchConfig, stage_decay: float | None = None
+) -> torch.optim.Adam:
+    """The report's optimizer: torch's default Adam implementation, weight
+    decay on every parameter; one group, or with ``stage_decay`` ``d`` one
+    group per stage at ``lr * d**k``, ``k`` stages below the head."""
+    if stage_decay is None:
+        return torch.optim.Adam(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+    rates = stage_learning_rates(config.lr, stage_decay)
+    groups = [
+        {"params": [p for m in modules for p in m.parameters()], "lr": rates[stage]}
+        for stage, modules in stage_modules(model).items()
+    ]
+    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _initial_model(
+    config: BenchConfig, initial_state: dict[str, torch.Tensor] | None
+) -> nn.Module:
+    """A torchvision ResNet, with ``initial_state``'s tensors but its head."""
+    model = getattr(torchvision.models, config.arch)(weights=None)
+    if initial_state is not None:
+        backbone = {k: v for k, v in initial_state.items() if not k.startswith("fc.")}
+        missing, unexpected = model.load_state_dict(backbone, strict=False)
+        if unexpected or any(not k.startswith("fc.") for k in missing):
+            raise ValueError(
+                f"initial_state does not fit {config.arch}: missing {missing}, "
+                f"unexpected {unexpected}"
+            )
+    model.fc = nn.Linear(model.fc.in_features, config.n_classes)
+    return model
 
 
 def run_report_loop(
@@ -91,8 +123,14 @@ def run_report_loop(
     device: torch.device,
     epochs: int,
     test_idx: np.ndarray | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
+    stage_decay: float | None = None,
 ) -> dict[str, Any]:
     """Train as the report did; return per-epoch seconds and accuracies.
+
+    ``initial_state`` is a state dict to start from (its head is replaced by
+    a new ``config.n_classes``-way one); ``stage_decay`` gives each stage its
+    own rate, rising towards the head (see :func:`report_optimizer`).
 
     Each epoch's time covers its training pass and its validation pass, like
     the library's ``history_[i]["seconds"]``; the copy of the best weights
@@ -112,11 +150,9 @@ def run_report_loop(
         num_workers=0,
     )
     torch.manual_seed(config.seed)
-    model = getattr(torchvision.models, config.arch)(weights=None)
-    model.fc = nn.Linear(model.fc.in_features, config.n_classes)
-    model = model.to(device)
+    model = _initial_model(config, initial_state).to(device)
     criterion = nn.CrossEntropyLoss()
-    optimizer = report_optimizer(model, config)
+    optimizer = report_optimizer(model, config, stage_decay)
     best_accuracy, best_state = -1.0, None
     epoch_seconds, epoch_cpu_seconds, accuracies = [], [], []
     for _ in range(epochs):

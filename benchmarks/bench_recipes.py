@@ -1,39 +1,48 @@
-"""Which fine-tuning methods beat the report's recipe? Test accuracy, side by side.
+"""Which fine-tuning recipes beat the report's? Test accuracy, side by side.
 
-Every recipe trains on the same data, split, epochs and seeds, from random
-initialisation (no pretrained weights can be fetched on the machines this
-runs on), and is judged by the test accuracy of its best-validation epoch,
-as the report judged its model::
+Every recipe trains on the same data, split, epochs and seeds and is judged
+by the test accuracy of its best-validation epoch, as the report judged its
+model. ``--init standin`` starts from a *trained* stand-in backbone
+(``standin.py``: a ResNet pretrained here on single handwritten digits from
+the other half of ``load_digits``), as a user fine-tunes ImageNet weights;
+``--init random`` from random initialisation. A recipe named
+``scratch:<recipe>`` runs from random initialisation whatever ``--init``
+says, so one run holds the reference at the same budget::
 
-    python benchmarks/bench_recipes.py --task digits --seeds 3 --epochs 10 \\
-        --json benchmarks/results/recipes_digits.json
-    python benchmarks/bench_recipes.py --task sums --n-samples 1500 \\
-        --epochs 6 --seeds 3 --json benchmarks/results/recipes_sums_reduced.json
+    python benchmarks/bench_recipes.py --task sums2 --init standin \\
+        --n-samples 1000 --epochs 4 --seeds 3 \\
+        --json benchmarks/results/recipes_standin_sums2.json
 
-Tasks (both built by :func:`resnetclf.datasets.make_digit_sums` from
-scikit-learn's real handwritten digits): ``digits``, one digit per 24x24
-image, 10 classes (the CPU proxy of ``bench_accuracy.py``); ``sums``, four
-digits per 40x168 image labelled with their sum, 37 classes, the report's
-task (the report had 30,000 images; ``--n-samples`` says how many here).
-Split 80/10/10 with :func:`resnetclf.train_val_test_split`.
+Tasks (built by :func:`resnetclf.datasets.make_digit_sums` from
+scikit-learn's real handwritten digits, split 80/10/10 with
+:func:`resnetclf.train_val_test_split`): ``digits``, one digit per 24x24
+image (10 classes); ``sums2``, two digits per 40x168 image labelled with
+their sum (19 classes); ``sums``, four (37 classes, the report's task, which
+had 30,000 images). From the stand-in, target images are drawn from the
+target half of the digits only, so no image the backbone saw in pretraining
+appears in a target task (``--digits`` overrides).
 
 Recipes:
 
 - ``report_loop``: the report-style loop (``_report_loop.py``: per-sample
-  torchvision transforms, 3 repeated channels, one Adam learning rate);
-- ``defaults``: ``ResNetFineTuneClassifier`` with its defaults (layer-wise
-  rates halving per stage below the head);
-- ``base``: the defaults with one rate for every stage, as the report loop
-  (from random initialisation there are no pretrained stages to protect);
-- ``base+<method>``: ``base`` with one method of issue 12 on its own:
-  ``class_weight="balanced"``, ``scoring="balanced_accuracy"``,
-  ``freeze_epochs=1``, ``label_smoothing=0.1``, ``ema_decay``, ``lora_rank=8``;
-- ``best``: ``base`` with every method whose mean validation accuracy beat
-  ``base``'s in this run (chosen on validation, judged on test).
+  torchvision transforms, 3 repeated channels, torch's Adam over per-stage
+  rates ``lr * report_decay**k`` rising towards the head, the report's
+  layer-wise policy), from the same initial weights;
+- ``defaults``: ``ResNetFineTuneClassifier`` with its defaults;
+- ``defaults+<method>``: the defaults with one setting changed, one of
+  :data:`METHODS` (``layer_lr_decay`` 1.0 / 0.25 / 0 (head only),
+  ``freeze_epochs`` 1 / 2, ``lora_rank`` 4 / 16, ``label_smoothing``,
+  ``ema_decay``, ``class_weight``, ``scoring``);
+- ``best``: the defaults with, for each parameter, the method whose mean
+  *validation* accuracy beat the defaults' by the most (chosen on
+  validation, judged on test).
 
-Each recipe's mean test accuracy is compared with the report loop's and with
-``base``'s over the seeds: the mean paired difference against two standard
-errors.
+Each recipe's mean test accuracy is compared, paired over seeds, with the
+report loop's, the defaults' and, for ``scratch:`` pairs, its own recipe from
+the other initialisation: the mean difference against two standard errors.
+The JSON keeps every run's per-epoch validation accuracy, trainable values,
+seconds per step and peak memory added by the fit; ``--plot`` draws mean
+validation accuracy against epochs.
 """
 
 from __future__ import annotations
@@ -49,97 +58,172 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _peak_rss import PeakRSS  # noqa: E402
 from _report_loop import run_report_loop  # noqa: E402
 from _suite import BenchConfig  # noqa: E402
+from standin import CACHE_DIR, StandinConfig, digit_halves, make_standin  # noqa: E402
 
 from resnetclf import ResNetFineTuneClassifier, train_val_test_split  # noqa: E402
 from resnetclf.datasets import make_digit_sums  # noqa: E402
 
 TASKS = {
     "digits": {"n_digits": 1, "height": 24, "width": 24, "n_samples": 1500},
+    "sums2": {"n_digits": 2, "height": 40, "width": 168, "n_samples": 30_000},
     "sums": {"n_digits": 4, "height": 40, "width": 168, "n_samples": 30_000},
 }
 
-METHODS = {
-    "class_weight": {"class_weight": "balanced"},
-    "scoring": {"scoring": "balanced_accuracy"},
-    "freeze_epochs": {"freeze_epochs": 1},
-    "label_smoothing": {"label_smoothing": 0.1},
-    "ema": {"ema_decay": 0.98},
-    "lora": {"lora_rank": 8},
+# One setting changed from the defaults each; "<parameter>=<value>".
+METHODS: dict[str, dict[str, Any]] = {
+    "layer_lr_decay=1.0": {"layer_lr_decay": 1.0},
+    "layer_lr_decay=0.5": {"layer_lr_decay": 0.5},
+    "layer_lr_decay=0.25": {"layer_lr_decay": 0.25},
+    "layer_lr_decay=0": {"layer_lr_decay": 0.0},
+    "freeze_epochs=1": {"freeze_epochs": 1},
+    "freeze_epochs=2": {"freeze_epochs": 2},
+    "lora_rank=4": {"lora_rank": 4},
+    "lora_rank=8": {"lora_rank": 8},
+    "lora_rank=16": {"lora_rank": 16},
+    "label_smoothing=0.1": {"label_smoothing": 0.1},
+    "ema_decay=0.98": {"ema_decay": 0.98},
+    "class_weight=balanced": {"class_weight": "balanced"},
+    "scoring=balanced_accuracy": {"scoring": "balanced_accuracy"},
 }
+
+DEFAULT_RECIPES = [
+    "report_loop",
+    "defaults",
+    "defaults+layer_lr_decay=1.0",
+    "defaults+layer_lr_decay=0.25",
+    "defaults+layer_lr_decay=0",
+    "defaults+freeze_epochs=1",
+    "defaults+freeze_epochs=2",
+    "defaults+lora_rank=4",
+    "defaults+lora_rank=16",
+    "defaults+label_smoothing=0.1",
+    "defaults+ema_decay=0.98",
+    "defaults+class_weight=balanced",
+    "best",
+    "scratch:report_loop",
+    "scratch:defaults",
+]
+
+
+def split_recipe(name: str) -> tuple[bool, str]:
+    """``(from_scratch, recipe)`` of a recipe name such as ``scratch:defaults``."""
+    if name.startswith("scratch:"):
+        return True, name.removeprefix("scratch:")
+    return False, name
 
 
 def recipe_params(name: str, chosen: list[str]) -> dict[str, Any] | None:
     """Estimator parameters of recipe ``name``; None for the report loop."""
+    _, name = split_recipe(name)
     if name == "report_loop":
         return None
     if name == "defaults":
         return {}
-    params: dict[str, Any] = {"layer_lr_decay": 1.0}
     if name == "best":
+        params: dict[str, Any] = {}
         for method in chosen:
             params.update(METHODS[method])
-    elif name.startswith("base+"):
-        params.update(METHODS[name.removeprefix("base+")])
-    return params
+        return params
+    if name.startswith("defaults+") and name.removeprefix("defaults+") in METHODS:
+        return dict(METHODS[name.removeprefix("defaults+")])
+    raise ValueError(f"unknown recipe {name!r}")
 
 
-def run_recipe(name, params, data, split, args, seed) -> dict[str, Any]:
+def choose_best(runs: dict[str, list[dict]]) -> list[str]:
+    """For each parameter, the method that beat the defaults on validation most.
+
+    Only recipes from the main initialisation take part; the choice is made
+    on mean validation accuracy, never on test accuracy.
+    """
+    base = statistics.fmean(r["val_accuracy"] for r in runs["defaults"])
+    by_parameter: dict[str, tuple[float, str]] = {}
+    for name, results in runs.items():
+        method = name.removeprefix("defaults+")
+        if not name.startswith("defaults+") or not results:
+            continue
+        val = statistics.fmean(r["val_accuracy"] for r in results)
+        parameter = method.split("=")[0]
+        if val > base and val > by_parameter.get(parameter, (-1.0, ""))[0]:
+            by_parameter[parameter] = (val, method)
+    return [method for _, method in by_parameter.values()]
+
+
+def _report_config(args, X, y, seed) -> BenchConfig:
+    return BenchConfig(
+        arch=args.arch,
+        height=X.shape[1],
+        width=X.shape[2],
+        batch_size=args.batch_size,
+        n_samples=len(y),
+        n_classes=int(y.max()) + 1,
+        epochs=args.epochs,
+        device="cpu",
+        repeats=1,
+        step_iters=1,
+        predict_samples=1,
+        memory_samples=1,
+        seed=seed,
+    )
+
+
+def run_recipe(name, params, data, split, args, seed, weights) -> dict[str, Any]:
+    """Train one recipe on one seed; its accuracies, cost and curve."""
     X, y = data
+    n_steps = args.epochs * math.ceil(len(split.train) / args.batch_size)
     start = time.perf_counter()
-    if params is None:
-        config = BenchConfig(
-            arch=args.arch,
-            height=X.shape[1],
-            width=X.shape[2],
-            batch_size=args.batch_size,
-            n_samples=len(y),
-            n_classes=int(y.max()) + 1,
-            epochs=args.epochs,
-            device="cpu",
-            repeats=1,
-            step_iters=1,
-            predict_samples=1,
-            memory_samples=1,
-            seed=seed,
-        )
-        report = run_report_loop(
-            X, y, split.train, split.val, config, torch.device("cpu"),
-            args.epochs, test_idx=split.test,
-        )  # fmt: skip
-        val, test = max(report["val_accuracy"]), report["test_accuracy"]
-        n_trainable = None
-    else:
-        clf = ResNetFineTuneClassifier(
-            arch=args.arch,
-            weights=None,
-            max_iter=args.epochs,
-            batch_size=args.batch_size,
-            device="cpu",
-            random_state=seed,
-            **params,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            clf.fit(
-                X[split.train], y[split.train], X_val=X[split.val], y_val=y[split.val]
+    with PeakRSS() as peak:
+        if params is None:
+            initial = None
+            if weights is not None:
+                initial = torch.load(weights, map_location="cpu", weights_only=True)
+            report = run_report_loop(
+                X, y, split.train, split.val, _report_config(args, X, y, seed),
+                torch.device("cpu"), args.epochs, test_idx=split.test,
+                initial_state=initial, stage_decay=args.report_decay,
+            )  # fmt: skip
+            curve, test = report["val_accuracy"], report["test_accuracy"]
+            n_trainable = None
+        else:
+            clf = ResNetFineTuneClassifier(
+                arch=args.arch,
+                weights=weights,
+                max_iter=args.epochs,
+                batch_size=args.batch_size,
+                device="cpu",
+                random_state=seed,
+                **params,
             )
-        val = max(record["val_accuracy"] for record in clf.history_)
-        test = clf.score(X[split.test], y[split.test])
-        n_trainable = clf.n_trainable_params_
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                clf.fit(
+                    X[split.train],
+                    y[split.train],
+                    X_val=X[split.val],
+                    y_val=y[split.val],
+                )
+            curve = [record["val_accuracy"] for record in clf.history_]
+            test = clf.score(X[split.test], y[split.test])
+            n_trainable = clf.n_trainable_params_
     seconds = time.perf_counter() - start
-    print(f"  seed {seed} {name:<22} val {val:.3f} test {test:.3f} "
+    print(f"  seed {seed} {name:<36} val {max(curve):.3f} test {test:.3f} "
           f"({seconds:.0f} s)", file=sys.stderr)  # fmt: skip
     return {
-        "val_accuracy": val,
+        "val_accuracy": max(curve),
         "test_accuracy": test,
+        "val_accuracy_per_epoch": curve,
         "seconds": seconds,
+        # Training and validation passes together, over the training steps.
+        "seconds_per_step": seconds / n_steps,
         "n_trainable_params": n_trainable,
+        "rss_added_bytes": peak.result.get("rss_added_bytes"),
     }
 
 
@@ -152,10 +236,30 @@ def paired(a: list[float], b: list[float]) -> dict[str, Any]:
     return {"difference": mean, "standard_error": se, "verdict": verdict}
 
 
+def _references(name: str, runs: dict[str, list[dict]]) -> dict[str, str]:
+    """Comparison label -> recipe to compare ``name`` with."""
+    scratch, recipe = split_recipe(name)
+    prefix = "scratch:" if scratch else ""
+    references = {
+        "vs_report_loop": prefix + "report_loop",
+        "vs_defaults": prefix + "defaults",
+        # The same recipe from the other initialisation.
+        "vs_other_init": recipe if scratch else "scratch:" + recipe,
+    }
+    return {
+        label: other
+        for label, other in references.items()
+        if other != name and runs.get(other)
+    }
+
+
 def summarise(runs: dict[str, list[dict]]) -> dict[str, Any]:
     summary = {}
     for name, results in runs.items():
+        if not results:
+            continue
         test = [r["test_accuracy"] for r in results]
+        curves = np.array([r["val_accuracy_per_epoch"] for r in results])
         row = {
             "test_mean": statistics.fmean(test),
             "test_standard_error": (
@@ -164,11 +268,14 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, Any]:
                 else math.nan
             ),
             "val_mean": statistics.fmean(r["val_accuracy"] for r in results),
+            "val_accuracy_per_epoch_mean": curves.mean(axis=0).tolist(),
+            "seconds_per_step_mean": statistics.fmean(
+                r["seconds_per_step"] for r in results
+            ),
+            "n_trainable_params": results[0]["n_trainable_params"],
         }
-        for reference in ("report_loop", "base"):
-            if reference in runs and name != reference:
-                other = [r["test_accuracy"] for r in runs[reference]]
-                row[f"vs_{reference}"] = paired(test, other)
+        for label, other in _references(name, runs).items():
+            row[label] = paired(test, [r["test_accuracy"] for r in runs[other]])
         summary[name] = row
     return summary
 
@@ -178,13 +285,15 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"task {config['task']}: {config['arch']} {config['height']}x"
         f"{config['width']}, {config['n_samples']} images (80/10/10), "
-        f"{config['epochs']} epochs, seeds {config['seeds']}, random init, CPU",
-        f"{'recipe':<24}{'test (mean +- se)':>20}{'vs report loop':>22}{'vs base':>22}",
+        f"{config['epochs']} epochs, seeds {config['seeds']}, init "
+        f"{config['init']}, CPU",
+        f"{'recipe':<38}{'test (mean +- se)':>18}{'vs report loop':>22}"
+        f"{'vs defaults':>22}{'vs other init':>22}",
     ]
     for name, row in result["summary"].items():
         cells = []
-        for reference in ("report_loop", "base"):
-            cmp = row.get(f"vs_{reference}")
+        for label in ("vs_report_loop", "vs_defaults", "vs_other_init"):
+            cmp = row.get(label)
             cells.append(
                 f"{cmp['difference']:+.3f}+-{cmp['standard_error']:.3f} "
                 f"{cmp['verdict']}"
@@ -192,16 +301,59 @@ def format_table(result: dict[str, Any]) -> str:
                 else "-"
             )
         lines.append(
-            f"{name:<24}{row['test_mean']:>11.3f} +- "
-            f"{row['test_standard_error']:.3f}{cells[0]:>22}{cells[1]:>22}"
+            f"{name:<38}{row['test_mean']:>9.3f} +- {row['test_standard_error']:.3f}"
+            + "".join(f"{cell:>22}" for cell in cells)
         )
-    lines.append(f"best = base + {result['best_methods'] or 'nothing'}")
+    lines.append(f"best = defaults + {result['best_methods'] or 'nothing'}")
+    if result.get("standin"):
+        info = result["standin"]
+        lines.append(
+            f"stand-in backbone (not ImageNet): {info['source_task']}, "
+            f"{info['config']['n_samples']} images, {info['config']['epochs']} "
+            f"epochs, made in {info['seconds']:.0f} s, source validation "
+            f"accuracy {info['best_val_accuracy']:.3f}"
+        )
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def plot_curves(result: dict[str, Any], path: Path) -> Path:
+    """Mean validation accuracy against epochs, one line per recipe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, row in result["summary"].items():
+        curve = row["val_accuracy_per_epoch_mean"]
+        style = "--" if name.startswith("scratch:") else "-"
+        ax.plot(range(1, len(curve) + 1), curve, style, marker="o", label=name)
+    config = result["config"]
+    ax.set(
+        xlabel="epoch",
+        ylabel=f"validation accuracy (mean of {config['seeds']} seeds)",
+        title=f"{config['task']}, {config['height']}x{config['width']}, "
+        f"{config['n_samples']} images, from the {config['init']}",
+    )
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=sorted(TASKS), default="digits")
+    parser.add_argument("--init", choices=("standin", "random"), default="standin")
+    parser.add_argument(
+        "--digits",
+        choices=("target", "all"),
+        help="load_digits rows the task draws from (default: the target half "
+        "from the stand-in, all from random initialisation)",
+    )
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--n-samples", type=int, help="default: the task's")
     parser.add_argument("--height", type=int, help="default: the task's")
@@ -209,16 +361,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..seeds-1")
+    parser.add_argument(
+        "--report-decay",
+        type=float,
+        default=0.5,
+        help="the report loop's rate ratio between neighbouring stages",
+    )
+    parser.add_argument("--standin-samples", type=int, default=4000)
+    parser.add_argument("--standin-epochs", type=int, default=6)
+    parser.add_argument("--standin-width", type=int, help="default: the height")
+    parser.add_argument("--standin-cache", type=Path, default=CACHE_DIR)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
     parser.add_argument(
         "--recipes",
-        default="report_loop,defaults,base,"
-        + ",".join(f"base+{m}" for m in METHODS)
-        + ",best",
+        default=",".join(DEFAULT_RECIPES),
         help="comma-separated recipe names, in running order",
     )
     parser.add_argument("--json", type=Path, help="write the results here")
-    args = parser.parse_args(argv)
+    parser.add_argument("--plot", type=Path, help="validation curves (PNG)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _parser().parse_args(argv)
     task = dict(TASKS[args.task])
     for key in ("n_samples", "height", "width"):
         if getattr(args, key) is not None:
@@ -226,35 +391,51 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.recipes.split(",")
+    for name in names:
+        recipe_params(name, [])  # unknown names fail before any training
+    standin = None
+    if args.init == "standin" and any(not split_recipe(n)[0] for n in names):
+        standin = make_standin(
+            StandinConfig(
+                arch=args.arch,
+                height=task["height"],
+                width=args.standin_width or task["height"],
+                n_samples=args.standin_samples,
+                epochs=args.standin_epochs,
+            ),
+            cache_dir=args.standin_cache,
+        )
+    digits = args.digits or ("target" if args.init == "standin" else "all")
+    digit_indices = digit_halves()[1] if digits == "target" else None
+
     runs: dict[str, list[dict]] = {name: [] for name in names}
     chosen: list[str] = []
     for name in names:
-        if name == "best":
-            base_val = statistics.fmean(r["val_accuracy"] for r in runs["base"])
-            chosen = [
-                method
-                for method in METHODS
-                if f"base+{method}" in runs
-                and statistics.fmean(r["val_accuracy"] for r in runs[f"base+{method}"])
-                > base_val
-            ]
+        if split_recipe(name)[1] == "best":
+            chosen = choose_best(runs)
+        from_scratch = split_recipe(name)[0] or standin is None
+        weights = None if from_scratch else standin.path
         for seed in range(args.seeds):
             X, y = make_digit_sums(
                 task["n_samples"],
                 task["n_digits"],
                 (task["height"], task["width"]),
                 random_state=seed,
+                digit_indices=digit_indices,
             )
             split = train_val_test_split(y, random_state=seed)
             params = recipe_params(name, chosen)
-            runs[name].append(run_recipe(name, params, (X, y), split, args, seed))
+            runs[name].append(
+                run_recipe(name, params, (X, y), split, args, seed, weights)
+            )
     result = {
-        "config": {**vars(args), **task, "json": None},
+        "config": {**vars(args), **task, "digits": digits, "json": None, "plot": None},
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "methods": METHODS,
         "best_methods": chosen,
+        "standin": standin.info if standin else None,
         "runs": runs,
         "summary": summarise(runs),
     }
@@ -262,6 +443,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=str))
+    if args.plot:
+        plot_curves(result, args.plot)
     return result
 
 

@@ -42,6 +42,10 @@ RESNET_ARCHS = (
 )
 
 
+# The weights file of a save_model folder, newest format first.
+MODEL_FOLDER_WEIGHTS = ("model.safetensors", "weights.pth")
+
+
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights could neither be found in the cache nor downloaded."""
 
@@ -110,6 +114,8 @@ def resolve_weights(arch: Arch, weights) -> WeightsEnum | Path | None:
     path = Path(weights)
     if path.is_file():
         return path
+    if path.is_dir():
+        return _weights_in_folder(path)
     if isinstance(weights, str) and not _looks_like_path(weights):
         raise ValueError(
             f"weights={weights!r} is not a weights name for arch={arch!r} "
@@ -129,6 +135,8 @@ def _resolve_file_weights(arch: Callable, weights) -> Path:
         path = Path(weights)
         if path.is_file():
             return path
+        if path.is_dir():
+            return _weights_in_folder(path)
         if not isinstance(weights, str) or _looks_like_path(weights):
             raise FileNotFoundError(f"weights file not found: '{path}'")
     raise ValueError(
@@ -136,6 +144,18 @@ def _resolve_file_weights(arch: Callable, weights) -> Path:
         f"given by name has; arch={_arch_label(arch)} is a callable. Pass "
         "weights=None (random initialisation) or a path to a state dict "
         "file that fits the network it builds."
+    )
+
+
+def _weights_in_folder(folder: Path) -> Path:
+    """The weights file of a ``save_model`` folder."""
+    for name in MODEL_FOLDER_WEIGHTS:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(
+        f"weights='{folder}' is a folder without a weights file; expected a "
+        f"folder written by resnetclf.save_model (holding "
+        f"{' or '.join(MODEL_FOLDER_WEIGHTS)}) or a state dict file"
     )
 
 
@@ -157,16 +177,38 @@ def build_resnet(
     A grayscale stem is the pretrained RGB ``conv1`` summed over its input
     channels: feeding it one channel gives exactly what the RGB stem gives for
     that channel repeated three times, at a third of the stem's cost.
+
+    Weights from another task (a file or torchvision weights whose head has
+    another number of classes) give every tensor but the head; the head is
+    new. At ``verbose >= 1`` a line says what was taken and what was not.
     """
     model = _new_network(arch)
     if weights is not None:
         state_dict = _read_weights(weights)
-        model.load_state_dict(_adapt_state_dict(state_dict, model, arch))
+        model.load_state_dict(_adapt_state_dict(state_dict, model, arch, weights))
+        file_head = model.fc.out_features
     if model.fc.out_features != n_classes:
         model.fc = nn.Linear(model.fc.in_features, n_classes)
     if in_channels == 1:
         model.conv1 = _fold_to_one_channel(model.conv1)
+    if weights is not None and verbose >= 1:
+        print(_loaded_summary(weights, state_dict, file_head, n_classes), flush=True)
     return model
+
+
+def _loaded_summary(
+    weights, state_dict: dict[str, torch.Tensor], file_head: int, n_classes: int
+) -> str:
+    """One line: which tensors of ``weights`` the network took."""
+    source = f"'{weights}'" if isinstance(weights, Path) else str(weights)
+    if file_head == n_classes:
+        return f"weights: took all {len(state_dict)} tensors of {source}"
+    dropped = [k for k in state_dict if k.startswith("fc.")]
+    return (
+        f"weights: took {len(state_dict) - len(dropped)} of the "
+        f"{len(state_dict)} tensors of {source}; dropped its {file_head}-class "
+        f"head ({', '.join(dropped)}) for a new {n_classes}-class one"
+    )
 
 
 def to_torchvision_layout(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -275,18 +317,27 @@ def _read_weights(weights: WeightsEnum | Path) -> dict[str, torch.Tensor]:
 
 
 def _adapt_state_dict(
-    state_dict: dict[str, torch.Tensor], model: nn.Module, arch: Arch
+    state_dict: dict[str, torch.Tensor], model: nn.Module, arch: Arch, source=None
 ) -> dict[str, torch.Tensor]:
     """Check a state dict against ``model`` and fit its stem and head.
 
     A one-channel ``conv1`` is spread over three channels (see
     ``to_torchvision_layout``); ``model.fc`` takes the file's number of outputs.
+    A stem for any other number of channels is refused: no rule maps it to
+    RGB without changing what the network computes.
     """
     state_dict = dict(state_dict)
     expected = model.state_dict()
+    where = f" in '{source}'" if isinstance(source, Path) else ""
     conv1 = state_dict.get("conv1.weight")
     if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] == 1:
         state_dict["conv1.weight"] = spread_over_rgb(conv1)
+    elif conv1 is not None and conv1.ndim == 4 and conv1.shape[1] != 3:
+        raise ValueError(
+            f"the weights{where} have a stem (conv1) for {conv1.shape[1]} input "
+            "channels; only 1 (grayscale, spread over RGB) or 3 (RGB) can be "
+            "adapted to the images"
+        )
     head = state_dict.get("fc.weight")
     if head is not None and head.ndim == 2 and head.shape[0] != model.fc.out_features:
         # Load the file's head as it is; build_resnet replaces it when its size
@@ -316,7 +367,8 @@ def _adapt_state_dict(
                 shown = ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else "")
                 parts.append(f"{len(keys)} {label}: {shown}")
         raise ValueError(
-            f"the weights do not fit arch={_arch_label(arch)}: " + "; ".join(parts)
+            f"the weights{where} do not fit arch={_arch_label(arch)} (saved from "
+            "another architecture?): " + "; ".join(parts)
         )
     for key, value in expected.items():
         state_dict.setdefault(key, value)

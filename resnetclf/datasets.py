@@ -273,16 +273,19 @@ def _compose_digit_sums(
     n_digits: int,
     image_shape: tuple[int, int],
     rng: np.random.RandomState,
+    digit_indices: np.ndarray | None = None,
 ) -> _Composition:
     """Compose the images, returning the layout too so that tests can check it."""
     bank, targets = _digit_bank()
+    # Rows of load_digits a digit may be drawn from (all of them by default).
+    pool = np.arange(len(bank)) if digit_indices is None else digit_indices
     height, width = image_shape
     scale = _digit_scale(image_shape, n_digits)
     side = _DIGIT_SIDE * scale
     # Upscale the ~1800 source digits once rather than every drawn copy.
     big_bank = bank.repeat(scale, axis=1).repeat(scale, axis=2)
 
-    digit_index = rng.randint(0, len(bank), size=(n_samples, n_digits))
+    digit_index = pool[rng.randint(0, len(pool), size=(n_samples, n_digits))]
     top = rng.randint(0, height - side + 1, size=(n_samples, n_digits))
     # Split the free width at random between the left margin, the n_digits - 1
     # gaps and the right margin; flooring keeps the total within the free width,
@@ -329,6 +332,8 @@ def make_digit_sums(
     n_digits: int = 4,
     image_shape: tuple[int, int] = (40, 168),
     random_state: int | np.random.RandomState | None = None,
+    *,
+    digit_indices: ArrayLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Make images of handwritten digits side by side, labelled with their sum.
 
@@ -354,6 +359,11 @@ def make_digit_sums(
     random_state : int, RandomState instance or None, default=None
         Seeds the choice of digits and their placement; an int gives the same
         arrays on every call. See :term:`Glossary <random_state>`.
+    digit_indices : array-like of int, default=None
+        Rows of ``load_digits()`` that digits are drawn from; None draws from
+        all 1797. Two disjoint sets make two tasks that share no handwritten
+        image, e.g. one to pretrain a backbone on and one to fine-tune it on.
+        Keyword-only.
 
     Returns
     -------
@@ -367,8 +377,9 @@ def make_digit_sums(
     TypeError
         If ``n_samples`` or ``n_digits`` is not an integer.
     ValueError
-        If ``n_samples`` or ``n_digits`` is below 1, or ``image_shape`` is not
-        two integers large enough to hold the digits.
+        If ``n_samples`` or ``n_digits`` is below 1, ``image_shape`` is not
+        two integers large enough to hold the digits, or ``digit_indices``
+        names no row of ``load_digits``.
 
     See Also
     --------
@@ -391,8 +402,26 @@ def make_digit_sums(
     n_digits = _check_int("n_digits", n_digits, 1)
     shape = _check_image_shape(image_shape, n_digits)
     rng = check_random_state(random_state)
-    composition = _compose_digit_sums(n_samples, n_digits, shape, rng)
+    pool = None if digit_indices is None else _check_digit_indices(digit_indices)
+    composition = _compose_digit_sums(n_samples, n_digits, shape, rng, pool)
     return composition.X, composition.y
+
+
+def _check_digit_indices(digit_indices: ArrayLike) -> np.ndarray:
+    n_digits = len(_digit_bank()[0])
+    indices = np.asarray(digit_indices)
+    if (
+        indices.ndim != 1
+        or indices.size == 0
+        or not np.issubdtype(indices.dtype, np.integer)
+        or indices.min() < 0
+        or indices.max() >= n_digits
+    ):
+        raise ValueError(
+            "digit_indices must be a non-empty 1-D array of integers in "
+            f"[0, {n_digits}) (rows of load_digits); found {digit_indices!r:.80}"
+        )
+    return indices.astype(np.int64)
 
 
 def write_merged(
