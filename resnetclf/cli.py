@@ -21,12 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
-from sklearn.metrics import (
-    ConfusionMatrixDisplay,
-    classification_report,
-    get_scorer_names,
-)
+from sklearn.metrics import ConfusionMatrixDisplay, check_scoring, classification_report
 
 from resnetclf import (
     ResNetFineTuneClassifier,
@@ -39,13 +34,38 @@ from resnetclf import (
     stratified_subsample,
     train_val_test_split,
 )
-from resnetclf._backbone import RESNET_ARCHS
+from resnetclf._acceleration.devices import resolve_device
+from resnetclf._backbone import check_arch, resolve_weights
+from resnetclf._cli_options import (
+    EstimatorOptions,
+    in_option_terms,
+    record_spelling,
+    value_from_text,
+)
+from resnetclf._images import resolve_normalization
 from resnetclf.datasets import load_merged, make_digit_sums
 
 __all__ = ["build_parser", "main", "predict", "train"]
 
-CHECKPOINT_NAME = "resnet-step.pth"
+CHECKPOINT_NAME = "resnet-step.safetensors"
 MODEL_FOLDER = "model"
+
+# The estimator's parameters are the train command's options (see
+# _cli_options); these are the few that are not, or that differ.
+ESTIMATOR_OPTIONS = EstimatorOptions(
+    ResNetFineTuneClassifier,
+    aliases={"max_iter": ["--epochs"], "rotation_degrees": ["--rotation"]},
+    excluded={
+        "image_shape": "the command's images are 3-D arrays, for which it is unused",
+        "validation_fraction": "the command passes its own --val-size split as X_val",
+        "checkpoint_path": f"the command writes OUT/{CHECKPOINT_NAME}",
+        "random_state": "--seed sets it, with the subsample and the split",
+        "warm_start": "each run fits a new estimator: there is nothing to continue",
+    },
+    command_defaults={
+        "verbose": (1, "a command reports each epoch; the estimator is silent"),
+    },
+)
 
 _TRAIN_EPILOG = """\
 examples:
@@ -57,8 +77,8 @@ examples:
   resnetclf train --data-dir /path/to/merged --out runs/merged
 
 writes to --out: loss.png, accuracy.png, confusion_matrix.png, mistakes.png,
-metrics.json, resnet-step.pth (best weights, torchvision's layout) and model/
-(the fitted estimator, for resnetclf predict or resnetclf.load_model).
+metrics.json, resnet-step.safetensors (best weights, torchvision's layout) and
+model/ (the fitted estimator, for resnetclf predict or resnetclf.load_model).
 
 exit status: 0 done; 1 data unreadable or too small to split; 2 bad
 arguments, or pretrained weights that cannot be fetched (the message says
@@ -207,128 +227,19 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed",
         type=int,
         default=0,
-        help="seeds the subsample, the split and the training",
+        help="seeds the subsample, the split and the training (random_state)",
     )
-
-    model = parser.add_argument_group("model and training")
-    model.add_argument(
-        "--arch",
-        choices=RESNET_ARCHS,
-        default="resnet50",
-        metavar="ARCH",
-        help=f"torchvision ResNet builder: {', '.join(RESNET_ARCHS)}",
+    estimator = parser.add_argument_group(
+        "estimator", "ResNetFineTuneClassifier's parameters ('none' is None)"
     )
-    model.add_argument(
-        "--weights",
-        default="DEFAULT",
-        metavar="WEIGHTS",
-        help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...), a path to a "
-        "state dict file, or 'none' for random initialisation",
-    )
-    model.add_argument(
-        "--epochs", type=_positive_int, default=50, metavar="N", help="epochs"
-    )
-    model.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=64,
-        metavar="N",
-        help="images per step and per prediction batch",
-    )
-    model.add_argument(
-        "--lr", type=_positive_float, default=1e-3, help="learning rate of the head"
-    )
-    model.add_argument(
-        "--layer-lr-decay",
-        type=_auto_or_float,
-        default="auto",
-        metavar="FACTOR",
-        help="each stage below the head trains at this factor of the stage above "
-        "(< 1: rates grow towards the head; 1: one rate for all; 0 freezes); "
-        "auto: 0.5 with trained weights, 1 with --weights none",
-    )
-    model.add_argument(
-        "--lr-schedule",
-        choices=("constant", "cosine", "plateau"),
-        default="constant",
-        help="learning-rate schedule over the epochs",
-    )
-    model.add_argument(
-        "--warmup-epochs",
-        type=_non_negative_int,
-        default=0,
-        metavar="N",
-        help="epochs of linear warm-up",
-    )
-    model.add_argument(
-        "--optimizer",
-        choices=("adam", "adamw", "sgd"),
-        default="adam",
-        help="adam (L2 weight decay, as the report), adamw or sgd (momentum 0.9)",
-    )
-    model.add_argument(
-        "--weight-decay",
-        type=_non_negative_float,
-        default=1e-4,
-        metavar="DECAY",
-        help="weight decay of convolution and linear weights",
-    )
-    model.add_argument(
-        "--rotation",
-        type=_non_negative_float,
-        default=10.0,
-        metavar="DEGREES",
-        help="random rotation range of training images; 0 turns it off",
-    )
-    model.add_argument(
+    ESTIMATOR_OPTIONS.add_arguments(estimator)
+    estimator.add_argument(
         "--patience",
-        type=_positive_int,
+        action=_Patience,
         metavar="N",
-        help="stop after N epochs without a better validation accuracy "
-        "(default: every epoch is trained)",
+        help="stop after N epochs without a better validation score: "
+        "--early-stopping --n-iter-no-change N",
     )
-
-    accuracy = parser.add_argument_group(
-        "getting more accuracy (see the user guide; all off by default)"
-    )
-    accuracy.add_argument(
-        "--class-weight",
-        choices=("balanced",),
-        help="weight each class's loss by n_samples / (n_classes * count)",
-    )
-    accuracy.add_argument(
-        "--scoring",
-        metavar="SCORER",
-        help="scikit-learn scorer that picks the best epoch, e.g. "
-        "balanced_accuracy (default: accuracy)",
-    )
-    accuracy.add_argument(
-        "--freeze-epochs",
-        type=_non_negative_int,
-        default=0,
-        metavar="N",
-        help="train the new head alone for the first N epochs",
-    )
-    accuracy.add_argument(
-        "--label-smoothing",
-        type=_smoothing,
-        default=0.0,
-        metavar="EPS",
-        help="label smoothing of the training loss, in [0, 1)",
-    )
-    accuracy.add_argument(
-        "--ema-decay",
-        type=_open_fraction,
-        metavar="DECAY",
-        help="keep an exponential moving average of the weights, e.g. 0.99",
-    )
-    accuracy.add_argument(
-        "--lora-rank",
-        type=_positive_int,
-        metavar="R",
-        help="train rank-R LoRA adapters instead of every weight",
-    )
-
     output = parser.add_argument_group("output")
     output.add_argument(
         "--out",
@@ -336,14 +247,19 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="folder for the figures, metrics, checkpoint and model",
     )
-    output.add_argument(
-        "--verbose",
-        type=int,
-        choices=(0, 1, 2),
-        default=1,
-        help="0 quiet, 1 a line per epoch, 2 also a bar over batches",
-    )
-    _add_runtime_arguments(parser)
+    _add_threads_argument(parser)
+
+
+class _Patience(argparse.Action):
+    """``--patience N``: early stopping after N epochs without a gain."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.early_stopping = True
+        constraints = ResNetFineTuneClassifier._parameter_constraints
+        namespace.n_iter_no_change = value_from_text(
+            values, constraints["n_iter_no_change"]
+        )
+        record_spelling(namespace, "n_iter_no_change", option_string)
 
 
 def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -381,15 +297,14 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="images per prediction batch (default: the model's)",
     )
-    _add_runtime_arguments(parser)
-
-
-def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    runtime = parser.add_argument_group("runtime")
-    runtime.add_argument(
+    parser.add_argument(
         "--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda'"
     )
-    runtime.add_argument(
+    _add_threads_argument(parser)
+
+
+def _add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument_group("runtime").add_argument(
         "--threads",
         type=_positive_int,
         metavar="N",
@@ -405,27 +320,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0; got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0; got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0; got {text}")
-    return value
-
-
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 < value < 1:
@@ -433,53 +327,31 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _auto_or_float(text: str) -> str | float:
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be 'auto' or a number; got {text!r}"
-        ) from None
-
-
-def _smoothing(text: str) -> float:
-    value = _non_negative_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1); got {text}")
-    return value
-
-
-def _open_fraction(text: str) -> float:
-    value = _positive_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1); got {text}")
-    return value
-
-
 def _check_train_arguments(parser: argparse.ArgumentParser, args) -> None:
-    """What argparse's types cannot see alone; errors exit with status 2."""
-    if args.layer_lr_decay != "auto" and not 0.0 <= args.layer_lr_decay <= 1.0:
-        parser.error(f"--layer-lr-decay must be in [0, 1]; got {args.layer_lr_decay}")
+    """What argparse cannot see alone: the estimator's parameters, checked by
+    the estimator before any data is read; errors exit with status 2."""
     if args.val_size + args.test_size >= 1:
         parser.error("--val-size and --test-size must leave images for training")
-    if args.scoring is not None and args.scoring not in get_scorer_names():
-        parser.error(
-            f"--scoring {args.scoring!r} is not a scikit-learn scorer name; "
-            "see sklearn.metrics.get_scorer_names()"
-        )
-    if args.freeze_epochs > args.epochs:
-        parser.error(
-            f"--freeze-epochs {args.freeze_epochs} is more than --epochs {args.epochs}"
-        )
-    names = list(torchvision.models.get_model_weights(args.arch).__members__)
-    if args.weights.lower() == "none":
-        args.weights = None
-    elif args.weights not in names and not Path(args.weights).is_file():
-        parser.error(
-            f"--weights {args.weights!r} is neither a weights name of {args.arch} "
-            f"({', '.join(names)}), an existing file, nor 'none'"
+    clf = _classifier(args, Path(args.out) / CHECKPOINT_NAME)
+    try:
+        _check_parameters(clf)
+    except (ValueError, TypeError, OSError) as exc:
+        options = {**ESTIMATOR_OPTIONS.option_names(args), "random_state": "--seed"}
+        parser.error(in_option_terms(str(exc), options))
+
+
+def _check_parameters(clf: ResNetFineTuneClassifier) -> None:
+    """The checks ``fit`` runs first on the parameters alone (no data)."""
+    clf._validate_params()
+    resolve_weights(check_arch(clf.arch), clf.weights)
+    resolve_device(clf.device)
+    resolve_normalization(clf.normalization)
+    if clf.scoring is not None:
+        check_scoring(clf, scoring=clf.scoring)
+    if clf.freeze_epochs > clf.max_iter:
+        raise ValueError(
+            f"freeze_epochs={clf.freeze_epochs} is more than "
+            f"max_iter={clf.max_iter}: the backbone would never train"
         )
 
 
@@ -605,33 +477,12 @@ def _training_data(args) -> tuple[np.ndarray, np.ndarray, bool]:
     return X, y, True
 
 
-def _classifier(args, checkpoint: Path):
-    """The estimator with the report's recipe, as the arguments set it."""
+def _classifier(args, checkpoint: Path) -> ResNetFineTuneClassifier:
+    """The estimator as the options set it, writing its checkpoint there."""
     return ResNetFineTuneClassifier(
-        arch=args.arch,
-        weights=args.weights,
-        max_iter=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        layer_lr_decay=args.layer_lr_decay,
-        lr_schedule=args.lr_schedule,
-        warmup_epochs=args.warmup_epochs,
-        optimizer=args.optimizer,
-        weight_decay=args.weight_decay,
-        rotation_degrees=args.rotation,
-        normalization=(0.5, 0.5),
-        early_stopping=args.patience is not None,
-        n_iter_no_change=args.patience or 10,
+        **ESTIMATOR_OPTIONS.params(args),
         checkpoint_path=str(checkpoint),
-        device=args.device,
         random_state=args.seed,
-        verbose=args.verbose,
-        class_weight=args.class_weight,
-        scoring=args.scoring,
-        freeze_epochs=args.freeze_epochs,
-        label_smoothing=args.label_smoothing,
-        ema_decay=args.ema_decay,
-        lora_rank=args.lora_rank,
     )
 
 

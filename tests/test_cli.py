@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
+import inspect
 import json
 import shutil
 import subprocess
@@ -10,11 +12,19 @@ import sys
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 import torchvision
 
-from resnetclf import load_model, stratified_subsample, train_val_test_split
-from resnetclf.cli import main
+import resnetclf.cli as cli
+from resnetclf import (
+    ResNetFineTuneClassifier,
+    load_model,
+    stratified_subsample,
+    train_val_test_split,
+)
+from resnetclf._cli_options import in_option_terms, parameter_docs
+from resnetclf.cli import ESTIMATOR_OPTIONS, build_parser, main
 from resnetclf.datasets import make_digit_sums, write_merged
 
 # Small enough to train in seconds: 120 stand-in images of 20x84, one epoch.
@@ -67,7 +77,7 @@ def test_train_checkpoint_and_model_agree_with_the_metrics(trained):
     accuracy = float(np.mean(model.predict(X_test) == y_test))
     assert accuracy == pytest.approx(metrics["test_accuracy"])
     assert model.best_score_ == pytest.approx(metrics["val_accuracy"])
-    state_dict = torch.load(out / "resnet-step.pth", weights_only=True)
+    state_dict = safetensors.torch.load_file(out / "resnet-step.safetensors")
     net = torchvision.models.resnet18(num_classes=len(model.classes_))
     net.load_state_dict(state_dict)
 
@@ -150,17 +160,28 @@ def test_predict_reports_a_model_it_cannot_load(tmp_path, capsys):
     [
         ([], "required: COMMAND"),
         (["fly"], "invalid choice: 'fly'"),
-        (["train", "--epochs", "0"], "--epochs: must be an integer >= 1"),
-        (["train", "--arch", "vgg16"], "--arch: invalid choice: 'vgg16'"),
+        (["train", "--epochs", "0"], "--epochs must be an int in the range [1, inf)"),
+        (["train", "--max-iter", "0"], "--max-iter must be an int in the range"),
+        (["train", "--arch", "vgg16"], "--arch must be one of resnet18, "),
         (["train", "--arch", "resnet18", "--weights", "best"], "--weights 'best'"),
-        (["train", "--layer-lr-decay", "2"], "--layer-lr-decay must be in [0, 1]"),
+        (["train", "--layer-lr-decay", "2"], "--layer-lr-decay must be a str among"),
         (["train", "--val-size", "0.5", "--test-size", "0.5"], "must leave images"),
-        (["train", "--batch-size", "many"], "--batch-size: invalid"),
-        (["train", "--scoring", "most_accurate"], "--scoring 'most_accurate'"),
-        (["train", "--epochs", "2", "--freeze-epochs", "3"], "--freeze-epochs 3"),
-        (["train", "--label-smoothing", "1"], "--label-smoothing: must be in"),
-        (["train", "--ema-decay", "1.5"], "--ema-decay: must be in"),
-        (["train", "--lora-rank", "0"], "--lora-rank: must be an integer >= 1"),
+        (["train", "--batch-size", "many"], "--batch-size must be an int"),
+        (["train", "--scoring", "most_accurate"], "got 'most_accurate'"),
+        (
+            ["train", "--epochs", "2", "--freeze-epochs", "3"],
+            "--freeze-epochs 3 is more than --epochs 2",
+        ),
+        (["train", "--label-smoothing", "1"], "--label-smoothing must be a float in"),
+        (["train", "--ema-decay", "1.5"], "--ema-decay must be a float in"),
+        (["train", "--lora-rank", "0"], "--lora-rank must be an int in the range"),
+        (
+            ["train", "--optimizer", "rmsprop"],
+            "{'adam', 'adamw', 'sgd'}; got 'rmsprop'",
+        ),
+        (["train", "--patience", "0"], "--patience must be an int"),
+        (["train", "--normalization", "0.5,0"], "--normalization needs finite"),
+        (["train", "--torch-compile", "yes"], "--torch-compile must be"),
         (["predict", "--model", "m"], "one of the arguments --data-dir --images"),
         (
             ["predict", "--model", "m", "--data-dir", "d", "--images", "x"],
@@ -183,8 +204,6 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
 
 
 def test_accuracy_options_reach_the_estimator(tmp_path, monkeypatch):
-    import resnetclf.cli as cli
-
     seen = {}
     build = cli._classifier
 
@@ -218,3 +237,140 @@ def test_help_from_python_m_and_the_console_script():
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith(f"usage: resnetclf {command[-2]}")
         assert "(default: " in done.stdout and "examples:" in done.stdout
+
+
+# ------------------------------------------- options from the estimator itself
+PARAMETERS = list(inspect.signature(ResNetFineTuneClassifier).parameters)
+
+
+def _train_actions() -> dict[str, object]:
+    """The train command's actions by destination."""
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
+    return {action.dest: action for action in commands.choices["train"]._actions}
+
+
+@pytest.mark.parametrize("name", PARAMETERS)
+def test_every_parameter_is_an_option_or_excluded_with_a_reason(name):
+    actions = _train_actions()
+    if name in ESTIMATOR_OPTIONS.excluded:
+        assert ESTIMATOR_OPTIONS.excluded[name].strip()
+        assert name not in actions
+        return
+    option = "--" + name.replace("_", "-")
+    assert option in actions[name].option_strings
+    # Help is the docstring's, so it says what the docstring says first.
+    description = parameter_docs(ResNetFineTuneClassifier)[name][1]
+    first_words = " ".join(description.replace("``", "").split()[:2])
+    assert actions[name].help.startswith(first_words)
+
+
+def test_no_exclusion_or_command_default_names_a_missing_parameter():
+    assert set(ESTIMATOR_OPTIONS.excluded) <= set(PARAMETERS)
+    assert set(ESTIMATOR_OPTIONS.command_defaults) <= set(PARAMETERS)
+    assert not set(ESTIMATOR_OPTIONS.excluded) & set(ESTIMATOR_OPTIONS.command_defaults)
+
+
+@pytest.mark.parametrize("name", ESTIMATOR_OPTIONS.parameters)
+def test_option_defaults_are_the_estimators(name):
+    default = inspect.signature(ResNetFineTuneClassifier).parameters[name].default
+    parsed = vars(build_parser().parse_args(["train"]))[name]
+    if name in ESTIMATOR_OPTIONS.command_defaults:
+        command_default, reason = ESTIMATOR_OPTIONS.command_defaults[name]
+        assert parsed == command_default != default and reason.strip()
+    else:
+        assert parsed == default and type(parsed) is type(default)
+
+
+def _as_text(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "none" if value is None else str(value)
+
+
+@pytest.mark.parametrize("name", ESTIMATOR_OPTIONS.parameters)
+def test_each_default_can_be_typed_back(name):
+    """Reading an option's default as text gives the default: every value
+    the estimator starts from is one a command line can give."""
+    action = _train_actions()[name]
+    default = action.default
+    if isinstance(action, argparse.BooleanOptionalAction):
+        words = [f"--{'' if default else 'no-'}{name.replace('_', '-')}"]
+    else:
+        words = [action.option_strings[0], _as_text(default)]
+    parsed = vars(build_parser().parse_args(["train", *words]))[name]
+    assert parsed == default and type(parsed) is type(default)
+
+
+def test_text_becomes_the_values_the_constraints_allow():
+    args = build_parser().parse_args(
+        ["train", "--weights", "none", "--ema-decay", "0.99", "--lora-rank",
+         "none", "--layer-lr-decay", "0.5", "--normalization", "imagenet",
+         "--torch-compile", "true", "--class-weight", "balanced",
+         "--scoring", "none", "--epochs", "7", "--rotation", "15"]
+    )  # fmt: skip
+    params = ESTIMATOR_OPTIONS.params(args)
+    assert params["weights"] is None and params["scoring"] is None
+    assert params["ema_decay"] == 0.99 and params["lora_rank"] is None
+    assert params["layer_lr_decay"] == 0.5 and params["torch_compile"] is True
+    assert (params["normalization"], params["class_weight"]) == (
+        "imagenet", "balanced"
+    )  # fmt: skip
+    assert (params["max_iter"], params["rotation_degrees"]) == (7, 15.0)
+    assert type(params["max_iter"]) is int
+    args = build_parser().parse_args(["train", "--normalization", "0.4,0.2"])
+    assert ESTIMATOR_OPTIONS.params(args)["normalization"] == (0.4, 0.2)
+
+
+def test_patience_turns_on_early_stopping():
+    params = ESTIMATOR_OPTIONS.params(
+        build_parser().parse_args(["train", "--patience", "3"])
+    )
+    assert params["early_stopping"] is True and params["n_iter_no_change"] == 3
+    params = ESTIMATOR_OPTIONS.params(build_parser().parse_args(["train"]))
+    assert params["early_stopping"] is False
+
+
+@pytest.mark.parametrize("option", ["--rotation-degrees", "--rotation"])
+def test_bad_value_exits_2_naming_the_option_before_any_work(
+    option, tmp_path, monkeypatch, capsys
+):
+    """The estimator's own bound (at most 180 degrees), under the spelling
+    typed, before any data is read or any training starts."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(ResNetFineTuneClassifier, "fit", refuse)
+    monkeypatch.setattr(cli, "make_digit_sums", refuse)
+    monkeypatch.setattr(cli, "load_merged", refuse)
+    with pytest.raises(SystemExit) as stop:
+        main(["train", *QUICK, option, "200", "--out", str(tmp_path / "run")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert (
+        f"error: {option} must be a float in the range [0.0, 180.0]; got 200.0" in err
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_messages_in_option_terms():
+    options = {"max_iter": "--epochs", "freeze_epochs": "--freeze-epochs",
+               "arch": "--arch", "lr": "--lr"}  # fmt: skip
+    sklearn_message = (
+        "The 'max_iter' parameter of ResNetFineTuneClassifier must be an int "
+        "in the range [1, inf). Got 0 instead."
+    )
+    assert in_option_terms(sklearn_message, options) == (
+        "--epochs must be an int in the range [1, inf); got 0"
+    )
+    assert (
+        in_option_terms(
+            "freeze_epochs=3 is more than\n max_iter=2: the arch is fine", options
+        )
+        == "--freeze-epochs 3 is more than --epochs 2: the arch is fine"
+    )
+    # Plain words are names only where they start the message or take "=".
+    assert in_option_terms("arch must be set; slr and lr_x stay", options) == (
+        "--arch must be set; slr and lr_x stay"
+    )
