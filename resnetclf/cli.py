@@ -10,9 +10,7 @@ saved model); ``resnetclf predict`` applies a saved model to images. Run
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
-import json
 import sys
 import textwrap
 import time
@@ -21,15 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import ConfusionMatrixDisplay, check_scoring, classification_report
+from sklearn.metrics import check_scoring, classification_report
 
 from resnetclf import (
     ResNetFineTuneClassifier,
     WeightsUnavailableError,
     __version__,
     load_model,
-    plot_confident_mistakes,
-    plot_history,
     save_model,
     stratified_subsample,
     train_val_test_split,
@@ -41,6 +37,14 @@ from resnetclf._cli_options import (
     in_option_terms,
     record_spelling,
     value_from_text,
+)
+from resnetclf._cli_outputs import (
+    save_confusion_matrix,
+    save_curves,
+    save_mistakes,
+    write_json,
+    write_prediction_metrics,
+    write_predictions,
 )
 from resnetclf._images import resolve_normalization
 from resnetclf.datasets import load_merged, make_digit_sums
@@ -446,13 +450,13 @@ def train(args: argparse.Namespace) -> int:
     X_test, y_test = X[split.test], y[split.test]
     proba = clf.predict_proba(X_test)
     y_pred = clf.classes_[proba.argmax(axis=1)]
-    paths = _save_curves(clf, out)
-    paths.append(_save_confusion_matrix(y_test, y_pred, clf.classes_, out))
-    paths.append(_save_mistakes(clf, X_test, y_test, proba, out))
+    paths = save_curves(clf, out)
+    paths.append(save_confusion_matrix(y_test, y_pred, clf.classes_, out))
+    paths.append(save_mistakes(clf, X_test, y_test, proba, out))
     paths.append(save_model(clf, out / MODEL_FOLDER))
     metrics = _train_metrics(args, clf, split, y_test, y_pred, stand_in)
     metrics.update(seconds=fit_seconds, total_seconds=time.perf_counter() - start)
-    paths += [_write_json(out / "metrics.json", metrics), out / CHECKPOINT_NAME]
+    paths += [write_json(out / "metrics.json", metrics), out / CHECKPOINT_NAME]
     _print_train_summary(clf, metrics, stand_in, paths)
     return 0
 
@@ -490,7 +494,8 @@ def _weights_hint(weights: str) -> str:
     """How to go on without pretrained weights, in this command's options."""
     return (
         "On this command line: --weights none (random initialisation), or "
-        "--weights /path/to/state_dict.pth (a file in torchvision's layout), or "
+        "--weights /path/to/weights.safetensors (or .pth; a state dict in "
+        "torchvision's layout), or "
         f"fill torchvision's cache as said above and rerun with --weights {weights}."
     )
 
@@ -552,78 +557,6 @@ def _print_train_summary(clf, metrics: dict, stand_in: bool, paths) -> None:
     )
 
 
-# ------------------------------------------------------------------ figures
-def _pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend (files only)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_curves(clf, out: Path) -> list[Path]:
-    """``loss.png`` and ``accuracy.png``: the report's Figures 1 and 2."""
-    from matplotlib.ticker import MaxNLocator
-
-    plt = _pyplot()
-    loss_figure, loss_ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    accuracy_figure, accuracy_ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    plot_history(clf, axes=(loss_ax, accuracy_ax))
-    paths = [out / "loss.png", out / "accuracy.png"]
-    for figure, ax, path in zip(
-        (loss_figure, accuracy_figure), (loss_ax, accuracy_ax), paths
-    ):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-    return paths
-
-
-def _save_confusion_matrix(y_true, y_pred, labels, out: Path) -> Path:
-    """The test set's confusion matrix, readable up to a few dozen classes."""
-    plt = _pyplot()
-    side = min(14.0, max(5.0, 0.35 * len(labels)))
-    figure, ax = plt.subplots(figsize=(side, side), layout="constrained")
-    ConfusionMatrixDisplay.from_predictions(
-        y_true,
-        y_pred,
-        labels=labels,
-        ax=ax,
-        colorbar=False,
-        text_kw={"fontsize": 6 if len(labels) > 20 else 9},
-    )
-    ax.set_title("Confusion matrix, test set")
-    path = out / "confusion_matrix.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
-
-
-def _save_mistakes(clf, X_test, y_test, proba, out: Path) -> Path:
-    """The gallery of the test set's most confident mistakes."""
-    plt = _pyplot()
-    figure = plot_confident_mistakes(clf, X_test, y_test, y_proba=proba)
-    path = out / "mistakes.png"
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-def _write_json(path: Path, document: dict) -> Path:
-    path.write_text(json.dumps(document, indent=2, default=_jsonable) + "\n")
-    return path
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
 # ------------------------------------------------------------------ predict
 def predict(args: argparse.Namespace) -> int:
     """The ``predict`` subcommand on parsed arguments; see ``resnetclf predict -h``.
@@ -655,10 +588,10 @@ def predict(args: argparse.Namespace) -> int:
     y_pred = clf.classes_[proba.argmax(axis=1)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_predictions(out, y_pred, proba.max(axis=1), y)
+    write_predictions(out, y_pred, proba.max(axis=1), y)
     print(f"predicted {len(y_pred)} images; wrote {out}")
     if y is not None:
-        metrics_path = _write_prediction_metrics(out, y, y_pred, clf.classes_)
+        metrics_path = write_prediction_metrics(out, y, y_pred, clf.classes_)
         accuracy = float(np.mean(y_pred == y))
         print(f"accuracy: {accuracy:.4f} ({len(y)} images); wrote {metrics_path}")
     return 0
@@ -677,34 +610,3 @@ def _prediction_data(args) -> tuple[np.ndarray, np.ndarray | None]:
             "one label per image of --images"
         )
     return X, y
-
-
-def _write_predictions(out: Path, y_pred, probability, y_true) -> None:
-    if out.suffix == ".npy":
-        # Labels of object dtype (strings from pandas, say) are saved as text.
-        labels = y_pred.astype(str) if y_pred.dtype == object else y_pred
-        np.save(out, labels, allow_pickle=False)
-        return
-    header = ["index", "predicted", "probability"]
-    if y_true is not None:
-        header += ["true", "correct"]
-    with open(out, "w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        writer.writerow(header)
-        for index, (label, p) in enumerate(zip(y_pred.tolist(), probability)):
-            row = [index, label, f"{p:.6f}"]
-            if y_true is not None:
-                row += [y_true[index], int(label == y_true[index])]
-            writer.writerow(row)
-
-
-def _write_prediction_metrics(out: Path, y_true, y_pred, classes) -> Path:
-    report = classification_report(
-        y_true, y_pred, labels=classes, output_dict=True, zero_division=0
-    )
-    metrics = {
-        "accuracy": float(np.mean(y_pred == y_true)),
-        "n_images": len(y_true),
-        "classification_report": report,
-    }
-    return _write_json(out.with_suffix(".metrics.json"), metrics)
