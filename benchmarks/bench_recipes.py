@@ -165,7 +165,7 @@ def _report_config(args, X, y, seed) -> BenchConfig:
         n_samples=len(y),
         n_classes=int(y.max()) + 1,
         epochs=args.epochs,
-        device="cpu",
+        device=args.device,
         repeats=1,
         step_iters=1,
         predict_samples=1,
@@ -186,7 +186,7 @@ def run_recipe(name, params, data, split, args, seed, weights) -> dict[str, Any]
                 initial = torch.load(weights, map_location="cpu", weights_only=True)
             report = run_report_loop(
                 X, y, split.train, split.val, _report_config(args, X, y, seed),
-                torch.device("cpu"), args.epochs, test_idx=split.test,
+                torch.device(args.device), args.epochs, test_idx=split.test,
                 initial_state=initial, stage_decay=args.report_decay,
             )  # fmt: skip
             curve, test = report["val_accuracy"], report["test_accuracy"]
@@ -197,7 +197,7 @@ def run_recipe(name, params, data, split, args, seed, weights) -> dict[str, Any]
                 weights=weights,
                 max_iter=args.epochs,
                 batch_size=args.batch_size,
-                device="cpu",
+                device=args.device,
                 random_state=seed,
                 **params,
             )
@@ -286,7 +286,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"task {config['task']}: {config['arch']} {config['height']}x"
         f"{config['width']}, {config['n_samples']} images (80/10/10), "
         f"{config['epochs']} epochs, seeds {config['seeds']}, init "
-        f"{config['init']}, CPU",
+        f"{config['init']}, {config['device']}",
         f"{'recipe':<38}{'test (mean +- se)':>18}{'vs report loop':>22}"
         f"{'vs defaults':>22}{'vs other init':>22}",
     ]
@@ -372,6 +372,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--standin-width", type=int, help="default: the height")
     parser.add_argument("--standin-cache", type=Path, default=CACHE_DIR)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu", help="where every recipe trains")
+    parser.add_argument(
+        "--best",
+        help="comma-separated methods for the 'best' recipe, chosen elsewhere "
+        "(say, on a CPU run's validation); default: chosen in this run",
+    )
     parser.add_argument(
         "--recipes",
         default=",".join(DEFAULT_RECIPES),
@@ -391,7 +397,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.recipes.split(",")
-    for name in names:
+    given_best = args.best.split(",") if args.best else None
+    for name in [*names, *(f"defaults+{m}" for m in given_best or [])]:
         recipe_params(name, [])  # unknown names fail before any training
     standin = None
     if args.init == "standin" and any(not split_recipe(n)[0] for n in names):
@@ -404,6 +411,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 epochs=args.standin_epochs,
             ),
             cache_dir=args.standin_cache,
+            device=args.device,
         )
     digits = args.digits or ("target" if args.init == "standin" else "all")
     digit_indices = digit_halves()[1] if digits == "target" else None
@@ -412,7 +420,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     chosen: list[str] = []
     for name in names:
         if split_recipe(name)[1] == "best":
-            chosen = choose_best(runs)
+            chosen = given_best if given_best is not None else choose_best(runs)
         from_scratch = split_recipe(name)[0] or standin is None
         weights = None if from_scratch else standin.path
         for seed in range(args.seeds):

@@ -119,8 +119,13 @@ def make_standin(
     config: StandinConfig = StandinConfig(),
     cache_dir: Path = CACHE_DIR,
     verbose: bool = True,
+    device: str = "cpu",
 ) -> Standin:
-    """Pretrain a backbone on the source task, or return the cached one."""
+    """Pretrain a backbone on the source task, or return the cached one.
+
+    ``device`` is where it trains; the file is the same kind on any device,
+    so it is not part of the cache key.
+    """
     cache_dir = Path(cache_dir)
     stem = f"standin-{config.arch}-{config.height}x{config.width}-{config.key()}"
     path, info_path = cache_dir / f"{stem}.pth", cache_dir / f"{stem}.json"
@@ -144,7 +149,7 @@ def make_standin(
         max_iter=config.epochs,
         batch_size=config.batch_size,
         checkpoint_path=partial,
-        device="cpu",
+        device=device,
         random_state=config.seed,
     )
     start = time.perf_counter()
@@ -159,6 +164,7 @@ def make_standin(
         "best_epoch": clf.best_epoch_,
         "best_val_accuracy": clf.best_score_,
         "val_accuracy": [record["val_accuracy"] for record in clf.history_],
+        "device": str(clf.device_),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
@@ -183,11 +189,14 @@ def main(argv: list[str] | None = None) -> Standin:
         parser.add_argument(option, type=type(value), default=value)
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = {k: getattr(args, k) for k in asdict(defaults)}
-    standin = make_standin(StandinConfig(**settings), args.cache_dir)
+    standin = make_standin(
+        StandinConfig(**settings), args.cache_dir, device=args.device
+    )
     print(json.dumps({"path": str(standin.path), **standin.info}, indent=2))
     return standin
 

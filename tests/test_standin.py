@@ -210,3 +210,12 @@ def test_unknown_recipe_fails_before_any_training(tmp_path, monkeypatch):
     )
     with pytest.raises(ValueError, match="unknown recipe"):
         recipes.main(["--recipes", "defaults,defaults+nope", "--seeds", "1"])
+
+
+def test_gpu_recipes_script_parses():
+    import subprocess
+
+    checked = subprocess.run(
+        ["bash", "-n", str(BENCHMARKS / "gpu_recipes.sh")], capture_output=True
+    )
+    assert checked.returncode == 0, checked.stderr
