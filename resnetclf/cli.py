@@ -364,6 +364,10 @@ def _check_predict_arguments(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--labels goes with --images (a --data-dir has its labels)")
     if Path(args.out).suffix not in (".csv", ".npy"):
         parser.error(f"--out must end in .csv or .npy; got {args.out!r}")
+    try:
+        resolve_device(args.device)  # as predict will, before the model is read
+    except ValueError as exc:
+        parser.error(in_option_terms(str(exc), {"device": "--device"}))
 
 
 # --------------------------------------------------------------------- main

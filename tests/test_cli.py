@@ -192,6 +192,10 @@ def test_predict_reports_a_model_it_cannot_load(tmp_path, capsys):
             ["predict", "--model", "m", "--images", "x", "--out", "p.txt"],
             ".csv or .npy",
         ),
+        (
+            ["predict", "--model", "m", "--images", "x", "--device", "gpu"],
+            "--device must be 'auto', 'cpu'",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
