@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
-import tempfile
-import warnings
-from dataclasses import dataclass
 from numbers import Integral, Real
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +20,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchvision.models import WeightsEnum
 
 from resnetclf._acceleration.bn_folding import folded_for_inference, worth_folding
 from resnetclf._acceleration.compile import COMPILE_MODES, compiled_forward
@@ -36,44 +31,55 @@ from resnetclf._acceleration.devices import (
     cudnn_autotuned,
     resolve_device,
 )
-from resnetclf._backbone import (
-    build_resnet,
-    check_arch,
-    resolve_weights,
+from resnetclf._backbone import build_resnet, resolve_weights
+from resnetclf._fit_setup import (
+    FitData,
+    FitParams,
+    FitSetup,
+    check_kept_network,
+    check_params,
+    check_writable,
+    restored_on_error,
+    torch_seeded,
+    training_parts,
 )
 from resnetclf._images import (
     ImageBatches,
     ImageLayout,
+    array_ndim,
     infer_layout,
     model_input_channels,
-    resolve_normalization,
 )
 from resnetclf._lora import add_lora_adapters, check_lora_rank, merge_lora_adapters
 from resnetclf._param_groups import (
     StageParamGroups,
-    check_layer_lr_decay,
     freeze_stages,
-    stage_learning_rates,
+    make_optimizer,
+    trainable_stages,
 )
 from resnetclf._progress import ProgressReporter
 from resnetclf._sample_weights import (
+    check_every_class_weighted,
     combined_sample_weight,
     normalised_or_none,
     per_class_weights,
 )
 from resnetclf._schedules import SCHEDULES, EpochSchedule
 from resnetclf._scoring import EpochScorer
-from resnetclf._split import stratified_holdout
 from resnetclf._training import (
     BestWeights,
     EpochLoop,
-    LabelledImages,
+    LoopSettings,
     batch_slices,
+    module_on,
     predict_logits,
+    weight_average,
 )
-from resnetclf._warnings import user_stacklevel
 
 __all__ = ["ResNetFineTuneClassifier"]
+
+# benchmarks/_suite.py builds fit's optimizer through this name.
+_make_optimizer = make_optimizer
 
 
 class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
@@ -290,7 +296,8 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "arch": [str, callable],  # checked in check_arch
-        "weights": "no_validation",  # checked against arch in resolve_weights
+        # A name or a file is checked against arch in resolve_weights.
+        "weights": [str, os.PathLike, WeightsEnum, None],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
@@ -434,7 +441,17 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         self : ResNetFineTuneClassifier
             The fitted estimator.
         """
-        setup = self._check_fit(X, y, sample_weight, X_val, y_val, sample_weight_val)
+        self._validate_params()
+        # What the constraints cannot express: the parameters together.
+        params = check_params(self)
+        # Decided once: a warm start continues the fitted network and history.
+        warm = self.warm_start and hasattr(self, "module_")
+        # validate_data sets n_features_in_ at once; a refused fit restores it.
+        with restored_on_error(self, ("n_features_in_", "feature_names_in_")):
+            data = self._check_data(
+                X, y, sample_weight, X_val, y_val, sample_weight_val, warm
+            )
+            setup = self._build_setup(params, data, warm)
         # All checks passed: from here on, work is done.
         model = self._initial_module(setup)
         loop = self._epoch_loop(model, setup)
@@ -442,182 +459,105 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         self._set_fitted(model, loop, setup)
         return self
 
-    def _check_fit(
-        self, X, y, sample_weight, X_val, y_val, sample_weight_val
-    ) -> _FitSetup:
-        """Every check on parameters and data, before any work is done."""
-        self._validate_params()
-        check_arch(self.arch)
-        layer_lr_decay = self._layer_lr_decay()
-        check_layer_lr_decay(layer_lr_decay)
-        if self.freeze_epochs > self.max_iter:
-            raise ValueError(
-                f"freeze_epochs={self.freeze_epochs} is more than "
-                f"max_iter={self.max_iter}: the backbone would never train"
-            )
-        mean, std = resolve_normalization(self.normalization)
-        device = resolve_device(self.device)
-        amp_dtype = amp_dtype_for(device, self.precision)
-        warm = self.warm_start and hasattr(self, "module_")
+    def _check_data(
+        self, X, y, sample_weight, X_val, y_val, sample_weight_val, warm: bool
+    ) -> FitData:
+        """The arrays of ``fit`` validated; labels encoded, weights combined."""
         if (X_val is None) != (y_val is None):
             raise ValueError("X_val and y_val must be passed together")
         if sample_weight_val is not None and X_val is None:
             raise ValueError("sample_weight_val needs X_val and y_val")
+        X, y, layout = self._validate_images(
+            X, y, reset=not warm, expected=self.image_shape_ if warm else None
+        )
+        check_classification_targets(y)
+        classes, y_encoded = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(
+                f"y has {len(classes)} class ({classes[:1].tolist()}); a "
+                "classifier needs samples of at least 2 classes"
+            )
+        if warm and not np.array_equal(classes, self.classes_):
+            raise ValueError(
+                "warm_start=True needs the classes of the first fit "
+                f"{self.classes_.tolist()}; y has {classes.tolist()}"
+            )
+        class_weights = per_class_weights(self.class_weight, classes, y)
+        weights = combined_sample_weight(sample_weight, class_weights, X, y_encoded)
+        if weights is not None:
+            check_every_class_weighted(weights, y_encoded, classes)
+        data = FitData(X, y_encoded, layout, classes, class_weights, weights)
+        if X_val is not None:
+            self._check_validation_data(data, X_val, y_val, sample_weight_val)
+        return data
 
-        # validate_data sets n_features_in_ at once; a refused fit restores it.
-        with _restored_on_error(self, ("n_features_in_", "feature_names_in_")):
-            X, y, layout = self._validate_training_data(X, y, reset=not warm)
-            classes, y_encoded = np.unique(y, return_inverse=True)
-            if len(classes) < 2:
-                raise ValueError(
-                    f"y has {len(classes)} class ({classes[:1].tolist()}); a "
-                    "classifier needs samples of at least 2 classes"
-                )
-            if warm and not np.array_equal(classes, self.classes_):
-                raise ValueError(
-                    "warm_start=True needs the classes of the first fit "
-                    f"{self.classes_.tolist()}; y has {classes.tolist()}"
-                )
-            class_weights = per_class_weights(self.class_weight, classes, y)
-            weights = combined_sample_weight(sample_weight, class_weights, X, y_encoded)
-            if weights is not None:
-                _check_every_class_weighted(weights, y_encoded, classes)
-            stage_lrs = stage_learning_rates(self.lr, layer_lr_decay)
-            if not any(stage_lrs.values()):
-                raise ValueError(
-                    "layer_lr_decay freezes every stage: at least one learning "
-                    "rate must be > 0"
-                )
-            if self.freeze_epochs and stage_lrs["fc"] == 0:
-                raise ValueError(
-                    "freeze_epochs > 0 trains the head alone first, but "
-                    "layer_lr_decay freezes the head (fc)"
-                )
-            initial_weights = None if warm else resolve_weights(self.arch, self.weights)
-            model_channels = model_input_channels(layout.channels, mean, std)
-            self._check_network(warm, len(classes), model_channels, stage_lrs)
-            scorer = EpochScorer(self.scoring, self, classes)
-            rng = check_random_state(self.random_state)
-            if warm:
-                _check_kept_network(self.module_, model_channels, len(classes))
-            images = ImageBatches(X, layout, device, mean, std, model_channels)
-            if X_val is not None:
-                train, val, validation_X = self._explicit_validation(
-                    images, y_encoded, weights, X_val, y_val, sample_weight_val,
-                    classes, class_weights, layout, mean, std,
-                )  # fmt: skip
-            else:
-                train, val = self._held_out_validation(
-                    images, y_encoded, weights, classes, rng
-                )
-                validation_X = (
-                    np.take(X, val.indices, axis=0)
-                    if val is not None and scorer.needs_logits
-                    else None
-                )
-            if self.early_stopping and val is None:
-                raise ValueError(
-                    "early_stopping=True needs validation data: pass X_val and "
-                    "y_val or a validation_fraction > 0"
-                )
-            if self.checkpoint_path is not None:
-                _check_writable(self.checkpoint_path)
-        return _FitSetup(
+    def _check_validation_data(
+        self, data: FitData, X_val, y_val, sample_weight_val
+    ) -> None:
+        X_val, y_val, data.val_layout = self._validate_images(
+            X_val, y_val, name="X_val", expected=data.layout.image_shape
+        )
+        unseen = np.setdiff1d(y_val, data.classes)
+        if len(unseen):
+            raise ValueError(f"y_val has labels not in y: {unseen[:10].tolist()}")
+        data.X_val, data.y_val_encoded = X_val, np.searchsorted(data.classes, y_val)
+        val_weights = combined_sample_weight(
+            sample_weight_val, data.class_weights, X_val, data.y_val_encoded,
+            name="sample_weight_val",
+        )  # fmt: skip
+        data.val_weights = normalised_or_none(val_weights, "sample_weight_val")
+
+    def _build_setup(self, params: FitParams, data: FitData, warm: bool) -> FitSetup:
+        """The network checked, and the batches, scorer, rng and split built."""
+        n_classes = len(data.classes)
+        model_channels = model_input_channels(
+            data.layout.channels, params.mean, params.std
+        )
+        initial_weights = None if warm else resolve_weights(self.arch, self.weights)
+        if warm:
+            check_kept_network(self.module_, model_channels, n_classes)
+        elif self.lora_rank is not None or callable(self.arch):
+            # Checked on a weightless copy, before any weights are read.
+            with torch.device("meta"):
+                probe = build_resnet(self.arch, None, n_classes, model_channels)
+            if self.lora_rank is not None:
+                stages = trainable_stages(params.stage_lrs)
+                check_lora_rank(probe, self.lora_rank, stages)
+        scorer = EpochScorer(self.scoring, self, data.classes)
+        rng = check_random_state(self.random_state)
+        train, val, validation_X = training_parts(
+            data, params, model_channels, self.validation_fraction, rng, scorer
+        )
+        if self.early_stopping and val is None:
+            raise ValueError(
+                "early_stopping=True needs validation data: pass X_val and "
+                "y_val or a validation_fraction > 0"
+            )
+        if self.checkpoint_path is not None:
+            check_writable(self.checkpoint_path)
+        return FitSetup(
             train=train,
             val=val,
             validation_X=validation_X,
-            classes=classes,
-            layout=layout,
-            stage_lrs=stage_lrs,
+            classes=data.classes,
+            layout=data.layout,
+            stage_lrs=params.stage_lrs,
             initial_weights=initial_weights,
             scorer=scorer,
             rng=rng,
             seed=int(rng.randint(np.iinfo(np.int32).max)),
-            device=device,
-            amp_dtype=amp_dtype,
-            normalization=(mean, std),
+            device=params.device,
+            amp_dtype=params.amp_dtype,
+            normalization=(params.mean, params.std),
             warm=warm,
         )
 
-    def _layer_lr_decay(self) -> float | dict:
-        """``layer_lr_decay`` with ``"auto"`` resolved."""
-        if isinstance(self.layer_lr_decay, str) and self.layer_lr_decay == "auto":
-            return 1.0 if self.weights is None else 0.5
-        return self.layer_lr_decay
-
-    def _check_network(
-        self, warm: bool, n_classes: int, model_channels: int, stage_lrs
-    ) -> None:
-        """Check, on a weightless copy, that the network suits this fit."""
-        if warm or (self.lora_rank is None and not callable(self.arch)):
-            return
-        with torch.device("meta"):
-            probe = build_resnet(self.arch, None, n_classes, model_channels)
-        if self.lora_rank is not None:
-            check_lora_rank(probe, self.lora_rank, _trainable_stages(stage_lrs))
-
-    def _explicit_validation(
-        self, images, y_encoded, weights, X_val, y_val, sample_weight_val,
-        classes, class_weights, layout, mean, std,
-    ) -> tuple[LabelledImages, LabelledImages, np.ndarray]:  # fmt: skip
-        X_val, val_layout = self._validate_images(
-            X_val, name="X_val", expected=layout.image_shape
-        )
-        y_val = column_or_1d(y_val, warn=True)
-        check_consistent_length(X_val, y_val)
-        unseen = np.setdiff1d(y_val, classes)
-        if len(unseen):
-            raise ValueError(f"y_val has labels not in y: {unseen[:10].tolist()}")
-        y_val_encoded = np.searchsorted(classes, y_val)
-        val_weights = combined_sample_weight(
-            sample_weight_val, class_weights, X_val, y_val_encoded,
-            name="sample_weight_val",
-        )  # fmt: skip
-        val_images = ImageBatches(
-            X_val, val_layout, images.device, mean, std, images.model_channels,
-            name="X_val",
-        )  # fmt: skip
-        val = LabelledImages(
-            val_images,
-            np.arange(len(X_val)),
-            y_val_encoded,
-            normalised_or_none(val_weights, "sample_weight_val"),
-        )
-        train = _weighted_part(images, np.arange(len(y_encoded)), y_encoded, weights)
-        return train, val, X_val
-
-    def _held_out_validation(
-        self, images, y_encoded, weights, classes, rng
-    ) -> tuple[LabelledImages, LabelledImages | None]:
-        all_indices = np.arange(len(y_encoded))
-        if self.validation_fraction == 0:
-            return _weighted_part(images, all_indices, y_encoded, weights), None
-        train_idx, val_idx, unsplit = stratified_holdout(
-            y_encoded, self.validation_fraction, rng
-        )
-        if len(unsplit):
-            warnings.warn(
-                f"{len(unsplit)} class(es) got no validation sample (too few "
-                "samples for their share of validation_fraction) and stay whole "
-                "in the training part: "
-                f"{classes[unsplit][:10].tolist()}",
-                UserWarning,
-                stacklevel=user_stacklevel(),
-            )
-        train = _weighted_part(images, train_idx, y_encoded, weights)
-        if len(val_idx) == 0:
-            return train, None
-        val = _weighted_part(images, val_idx, y_encoded, weights, training=False)
-        return train, val
-
-    def _initial_module(self, setup: _FitSetup) -> nn.Module:
+    def _initial_module(self, setup: FitSetup) -> nn.Module:
         if setup.warm:
             return self.module_.to(setup.device)
-        device = setup.device
-        with torch.random.fork_rng(devices=_rng_devices(device)):
-            # Seeded here, so the new head (and a randomly initialised backbone)
-            # follow random_state without touching the global torch RNG.
-            torch.manual_seed(setup.seed)
+        # Seeded here, so the new head (and a randomly initialised backbone)
+        # follow random_state without touching the global torch RNG.
+        with torch_seeded(setup.device, setup.seed):
             model = build_resnet(
                 self.arch,
                 setup.initial_weights,
@@ -625,13 +565,12 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
                 setup.train.images.model_channels,
                 verbose=self.verbose,
             )
-        return model.to(device, memory_format=torch.channels_last)
+        return model.to(setup.device, memory_format=torch.channels_last)
 
-    def _epoch_loop(self, model: nn.Module, setup: _FitSetup) -> EpochLoop:
+    def _epoch_loop(self, model: nn.Module, setup: FitSetup) -> EpochLoop:
         device = setup.device
-        warm = self.warm_start and hasattr(self, "history_")
         best = BestWeights(checkpoint_path=self.checkpoint_path)
-        if warm and setup.val is not None and self.best_score_ is not None:
+        if setup.warm and setup.val is not None and self.best_score_ is not None:
             # The weights now in the model are the previous fit's best.
             best = BestWeights(
                 self.best_score_,
@@ -641,12 +580,10 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             )
         freeze_stages(model, setup.stage_lrs)
         if self.lora_rank is not None:
-            with torch.random.fork_rng(devices=_rng_devices(device)):
-                # The factors are drawn from the global RNG: seed it here.
-                torch.manual_seed(setup.seed + 2)
-                add_lora_adapters(
-                    model, self.lora_rank, _trainable_stages(setup.stage_lrs)
-                )
+            # The factors are drawn from the global RNG: seeded here.
+            with torch_seeded(device, setup.seed + 2):
+                stages = trainable_stages(setup.stage_lrs)
+                add_lora_adapters(model, self.lora_rank, stages)
         # A 1-channel conv1 is always the RGB stem folded over repeated gray.
         stem_fold = 3 if model.conv1.in_channels == 1 else 1
         groups = StageParamGroups(model, setup.stage_lrs, self.weight_decay, stem_fold)
@@ -665,31 +602,24 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             forward=compiled_forward(model, self.torch_compile),
             optimizer=optimizer,
             param_groups=groups,
-            frozen_stages=[],
             schedule=schedule,
-            batch_size=self.batch_size,
-            rotation_degrees=float(self.rotation_degrees),
-            amp_dtype=setup.amp_dtype,
+            settings=LoopSettings.of(self, setup.amp_dtype),
+            rng=setup.rng,
+            generator=torch.Generator(device=device).manual_seed(setup.seed + 1),
+            best=best,
+            reporter=ProgressReporter(self.verbose, self.max_iter, n_batches),
             grad_scaler=(
                 torch.amp.GradScaler(device.type)
                 if setup.amp_dtype == torch.float16
                 else None
             ),
-            rng=setup.rng,
-            generator=torch.Generator(device=device).manual_seed(setup.seed + 1),
-            best=best,
-            reporter=ProgressReporter(self.verbose, self.max_iter, n_batches),
-            early_stopping=self.early_stopping,
-            n_iter_no_change=self.n_iter_no_change,
-            tol=self.tol,
-            history=list(self.history_) if warm else [],
-            label_smoothing=float(self.label_smoothing),
-            ema=_weight_average(model, self.ema_decay),
+            history=list(self.history_) if setup.warm else [],
+            ema=weight_average(model, self.ema_decay),
             scorer=setup.scorer,
             validation_X=setup.validation_X,
         )
 
-    def _train(self, loop: EpochLoop, model: nn.Module, setup: _FitSetup) -> None:
+    def _train(self, loop: EpochLoop, model: nn.Module, setup: FitSetup) -> None:
         """Run the training phases: the head alone first when
         ``freeze_epochs`` asks for it, then every stage at its rate."""
         plain_forward = loop.forward
@@ -744,7 +674,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         ):
             yield
 
-    def _set_fitted(self, model: nn.Module, loop: EpochLoop, setup: _FitSetup):
+    def _set_fitted(self, model: nn.Module, loop: EpochLoop, setup: FitSetup):
         self.classes_ = setup.classes
         self.image_shape_ = setup.layout.image_shape
         self._model_channels = setup.train.images.model_channels
@@ -760,31 +690,43 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             float(loop.best.score) if loop.best.state_dict is not None else None
         )
 
-    def _validate_training_data(self, X, y, reset: bool):
-        ndim = _ndim(X)
-        if ndim > 2 and reset:
-            X, y = validate_data(self, X, y, allow_nd=True, dtype="numeric")
-            # validate_data counts X.shape[1]; an image's values are its features.
-            self.n_features_in_ = int(np.prod(X.shape[1:]))
-            layout = infer_layout(X.shape)
-        elif ndim > 2:
-            X = check_array(X, allow_nd=True, dtype="numeric")
-            y = column_or_1d(y, warn=True)
-            check_consistent_length(X, y)
-            layout = infer_layout(X.shape)
-        else:
-            X, y = validate_data(self, X, y, reset=reset, dtype="numeric")
-            layout = infer_layout(
-                X.shape, self.image_shape if reset else self.image_shape_
+    def _validate_images(
+        self, X, y="no_validation", *, reset=False, name="X", expected=None
+    ) -> tuple[np.ndarray, object, ImageLayout]:
+        """``X`` checked as images (with its labels ``y`` when given), and the
+        layout of its images.
+
+        ``X`` goes through ``validate_data``, which records (``reset``) or
+        checks ``n_features_in_`` and the column names, but not ``X_val``, nor
+        3-D and 4-D images after the first fit: ``validate_data`` would count
+        their ``X.shape[1]`` as features. Flattened rows are read with
+        ``image_shape`` on ``reset``, else with ``expected``, the
+        ``(height, width, channels)`` the images must have.
+        """
+        with_y = not (isinstance(y, str) and y == "no_validation")
+        if name == "X" and (reset or array_ndim(X) <= 2):
+            checked = validate_data(
+                self, X, y, reset=reset, allow_nd=True, dtype="numeric"
             )
-        check_classification_targets(y)
-        if not reset and layout.image_shape != self.image_shape_:
+            X, y = checked if with_y else (checked, y)
+            if reset:
+                # validate_data counts X.shape[1]; an image's values are its
+                # features.
+                self.n_features_in_ = int(np.prod(X.shape[1:]))
+        else:
+            X = check_array(X, allow_nd=True, dtype="numeric", input_name=name)
+            if with_y:
+                y = column_or_1d(y, warn=True)
+                check_consistent_length(X, y)
+        layout = infer_layout(X.shape, self.image_shape if reset else expected)
+        if not reset and layout.image_shape != tuple(expected):
             raise ValueError(
-                f"X has images of shape {layout.image_shape} (height, width, "
-                f"channels) but the fitted model expects {self.image_shape_}"
+                f"{name} has images of shape {layout.image_shape} (height, width, "
+                f"channels) but the model was fitted on {tuple(expected)}"
             )
         return X, y, layout
 
+    # -------------------------------------------------------------- predict
     # -------------------------------------------------------------- predict
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities of images ``X``.
@@ -820,13 +762,9 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
 
     def _logits(self, X) -> torch.Tensor:
         check_is_fitted(self)
-        if _ndim(X) > 2:
-            X, layout = self._validate_images(X, name="X", expected=self.image_shape_)
-        else:
-            X = validate_data(self, X, reset=False, dtype="numeric")
-            layout = infer_layout(X.shape, self.image_shape_)
+        X, _, layout = self._validate_images(X, expected=self.image_shape_)
         device = resolve_device(self.device)
-        model = _module_on(self.module_, device)
+        model = module_on(self.module_, device)
         mean, std = self._normalization_stats
         images = ImageBatches(X, layout, device, mean, std, self._model_channels)
         amp_dtype = amp_dtype_for(device, self.precision)
@@ -848,19 +786,6 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             return predict_logits(
                 forward, inference_model, images, self.batch_size, amp_dtype
             )
-
-    def _validate_images(
-        self, X, name: str, expected
-    ) -> tuple[np.ndarray, ImageLayout]:
-        X = check_array(X, allow_nd=True, dtype="numeric", input_name=name)
-        # Flattened rows are read with the image shape they must match.
-        layout = infer_layout(X.shape, expected if X.ndim == 2 else None)
-        if layout.image_shape != tuple(expected):
-            raise ValueError(
-                f"{name} has images of shape {layout.image_shape} (height, width, "
-                f"channels) but the model was fitted on {tuple(expected)}"
-            )
-        return X, layout
 
     # ---------------------------------------------------------- persistence
     def __getstate__(self):
@@ -888,167 +813,3 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
-
-
-@contextlib.contextmanager
-def _restored_on_error(estimator, names):
-    saved = {n: estimator.__dict__[n] for n in names if n in estimator.__dict__}
-    try:
-        yield
-    except BaseException:
-        for name in names:
-            estimator.__dict__.pop(name, None)
-        estimator.__dict__.update(saved)
-        raise
-
-
-@dataclass
-class _FitSetup:
-    """What the checks of ``fit`` found, for the steps that do the work."""
-
-    train: LabelledImages
-    val: LabelledImages | None
-    validation_X: object  # what a scorer gets as X, or None
-    classes: np.ndarray
-    layout: ImageLayout
-    stage_lrs: dict[str, float]
-    initial_weights: object
-    scorer: EpochScorer
-    rng: np.random.RandomState
-    seed: int
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    normalization: tuple
-    warm: bool
-
-
-def _weighted_part(
-    images: ImageBatches,
-    indices: np.ndarray,
-    y_encoded: np.ndarray,
-    weights: np.ndarray | None,
-    training: bool = True,
-) -> LabelledImages:
-    """The samples ``indices`` with their weights normalised over them.
-
-    Training leaves out samples of weight 0: they would still shift batch-norm
-    statistics, and a weight of 0 must train nothing.
-    """
-    if weights is None:
-        return LabelledImages(images, indices, y_encoded)
-    if training:
-        indices = indices[weights[indices] > 0]
-    part = weights[indices]
-    name = "sample_weight" if training else "the validation samples' sample_weight"
-    if not part.sum() > 0:
-        raise ValueError(
-            f"{name} gives every {'training' if training else 'validation'} "
-            "sample a weight of 0; at least one must be positive"
-        )
-    if np.all(part == part[0]):
-        # Uniform weights: the plain loss, exactly as without weights.
-        return LabelledImages(images, indices, y_encoded)
-    scaled = (weights * (len(part) / part.sum())).astype(np.float32)
-    return LabelledImages(images, indices, y_encoded, scaled)
-
-
-def _check_every_class_weighted(
-    weights: np.ndarray, y_encoded: np.ndarray, classes: np.ndarray
-) -> None:
-    unweighted = np.bincount(y_encoded, weights, minlength=len(classes)) == 0
-    if unweighted.any():
-        raise ValueError(
-            "sample_weight (with class_weight) gives every sample of the "
-            f"class(es) {classes[unweighted][:10].tolist()} a weight of 0: the "
-            "model could not learn them; leave them out of y or weight them"
-        )
-
-
-def _weight_average(model: nn.Module, decay: float | None) -> AveragedModel | None:
-    """An exponential moving average of ``model``'s weights and buffers."""
-    if decay is None:
-        return None
-    average = AveragedModel(
-        model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True
-    )
-    # The first update copies: the average starts at the initial weights.
-    average.update_parameters(model)
-    return average
-
-
-def _module_on(module: nn.Module, device: torch.device) -> nn.Module:
-    """``module`` if it lives on ``device``, else a copy of it there.
-
-    Predicting on another device than the fitted network's (say on the CPU
-    after a fit on a GPU) must not move ``module_``: predict leaves the fitted
-    estimator as it was. The copy's tensors are made on ``device`` directly.
-    """
-    tensors = [*module.parameters(), *module.buffers()]
-    if all(_same_device(t.device, device) for t in tensors):
-        return module
-    # deepcopy takes tensors found in the memo as they are: the moved ones.
-    memo = {
-        id(p): nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
-        for p in module.parameters()
-    }
-    memo.update({id(b): b.detach().to(device) for b in module.buffers()})
-    return copy.deepcopy(module, memo)
-
-
-def _same_device(have: torch.device, want: torch.device) -> bool:
-    if have.type != want.type:
-        return False
-    if want.index is None and want.type == "cuda":
-        return have.index == torch.cuda.current_device()
-    return want.index is None or have.index == want.index
-
-
-def _check_kept_network(module: nn.Module, in_channels: int, n_classes: int):
-    """Refuse a warm start whose data the fitted network cannot take."""
-    kept = (module.conv1.in_channels, module.fc.out_features)
-    if kept != (in_channels, n_classes):
-        raise ValueError(
-            "warm_start=True continues the fitted network, whose stem takes "
-            f"{kept[0]} channel(s) and whose head has {kept[1]} outputs; this "
-            f"fit needs {in_channels} and {n_classes}. The stem's channels follow "
-            "the images and normalization (1 for grayscale normalised alike in "
-            "every channel, else 3): keep the first fit's normalization, or "
-            "set warm_start=False"
-        )
-
-
-def _rng_devices(device: torch.device) -> list[int]:
-    return [device.index or 0] if device.type == "cuda" else []
-
-
-def _trainable_stages(stage_lrs: dict[str, float]) -> list[str]:
-    return [stage for stage, rate in stage_lrs.items() if rate > 0]
-
-
-def _ndim(X) -> int:
-    ndim = getattr(X, "ndim", None)
-    return int(ndim) if ndim is not None else np.asarray(X).ndim
-
-
-def _make_optimizer(
-    name: str, groups: list[dict], device: torch.device
-) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(groups, momentum=0.9)
-    optimizer_class = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    # The fused kernels halve the optimizer step (CPU and CUDA since torch 2.4,
-    # below the 2.5.1 floor).
-    fused = device.type in ("cpu", "cuda")
-    return optimizer_class(groups, fused=fused or None)
-
-
-def _check_writable(path) -> None:
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"checkpoint_path must be a file path; '{path}' is a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as exc:
-        raise ValueError(f"checkpoint_path '{path}' is not writable: {exc}") from exc

@@ -25,6 +25,7 @@ __all__ = [
     "IMAGENET_STATS",
     "ImageBatches",
     "ImageLayout",
+    "array_ndim",
     "infer_layout",
     "model_input_channels",
     "random_rotate",
@@ -74,6 +75,16 @@ class ImageLayout:
     def image_shape(self) -> tuple[int, int, int]:
         """``(height, width, channels)``."""
         return (self.height, self.width, self.channels)
+
+
+def array_ndim(X) -> int:
+    """Dimensions of ``X``, an array or what ``np.asarray`` makes one of.
+
+    Whether ``X`` holds flattened rows (2-D) or images (3-D, 4-D) decides how
+    it is validated, before any validation has made it an array.
+    """
+    ndim = getattr(X, "ndim", None)
+    return int(ndim) if ndim is not None else np.asarray(X).ndim
 
 
 def infer_layout(shape: Sequence[int], image_shape=None) -> ImageLayout:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from numbers import Real
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -13,9 +14,11 @@ __all__ = [
     "StageParamGroups",
     "check_layer_lr_decay",
     "freeze_stages",
+    "make_optimizer",
     "set_frozen_to_eval",
     "stage_learning_rates",
     "stage_modules",
+    "trainable_stages",
 ]
 
 # From the input to the head. Learning rates grow along this order.
@@ -60,6 +63,11 @@ def stage_learning_rates(lr: float, layer_lr_decay) -> dict[str, float]:
         stage: float(lr * layer_lr_decay ** (depth - i))
         for i, stage in enumerate(STAGES)
     }
+
+
+def trainable_stages(stage_lrs: Mapping[str, float]) -> list[str]:
+    """The stages whose learning rate is above 0, input to head."""
+    return [stage for stage, rate in stage_lrs.items() if rate > 0]
 
 
 def stage_modules(model: nn.Module) -> dict[str, list[nn.Module]]:
@@ -207,3 +215,16 @@ def _folded_kernels(conv: nn.Conv2d) -> list[nn.Parameter]:
     if not parametrize.is_parametrized(conv, "weight"):
         return [conv.weight]
     return [p.down for p in conv.parametrizations.weight if hasattr(p, "down")]
+
+
+def make_optimizer(
+    name: str, groups: list[dict], device: torch.device
+) -> torch.optim.Optimizer:
+    """The optimizer ``name`` ("adam", "adamw" or "sgd") over ``groups``."""
+    if name == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9)
+    optimizer_class = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    # The fused kernels halve the optimizer step (CPU and CUDA since torch 2.4,
+    # below the 2.5.1 floor).
+    fused = device.type in ("cpu", "cuda")
+    return optimizer_class(groups, fused=fused or None)

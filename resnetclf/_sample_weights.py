@@ -8,7 +8,12 @@ import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import _check_sample_weight
 
-__all__ = ["combined_sample_weight", "normalised_or_none", "per_class_weights"]
+__all__ = [
+    "check_every_class_weighted",
+    "combined_sample_weight",
+    "normalised_or_none",
+    "per_class_weights",
+]
 
 
 def per_class_weights(class_weight, classes: np.ndarray, y) -> np.ndarray | None:
@@ -59,6 +64,19 @@ def combined_sample_weight(
     if class_weights is not None:
         sample_weight = sample_weight * class_weights[y_encoded]
     return sample_weight
+
+
+def check_every_class_weighted(
+    weights: np.ndarray, y_encoded: np.ndarray, classes: np.ndarray
+) -> None:
+    """Refuse weights that leave a class of ``y`` with nothing to learn from."""
+    unweighted = np.bincount(y_encoded, weights, minlength=len(classes)) == 0
+    if unweighted.any():
+        raise ValueError(
+            "sample_weight (with class_weight) gives every sample of the "
+            f"class(es) {classes[unweighted][:10].tolist()} a weight of 0: the "
+            "model could not learn them; leave them out of y or weight them"
+        )
 
 
 def normalised_or_none(weights: np.ndarray | None, name: str) -> np.ndarray | None:

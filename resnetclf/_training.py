@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 import warnings
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from resnetclf._backbone import to_torchvision_layout
 from resnetclf._checkpoint import save_state_dict_atomic
@@ -30,8 +31,11 @@ __all__ = [
     "BestWeights",
     "EpochLoop",
     "LabelledImages",
+    "LoopSettings",
     "batch_slices",
+    "module_on",
     "predict_logits",
+    "weight_average",
     "weighted_cross_entropy",
 ]
 
@@ -150,6 +154,46 @@ def predict_logits(
     return logits if logits is not None else torch.empty(0, 0)
 
 
+def module_on(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` if it lives on ``device``, else a copy of it there.
+
+    Predicting on another device than the fitted network's (say on the CPU
+    after a fit on a GPU) must not move ``module_``: predict leaves the fitted
+    estimator as it was. The copy's tensors are made on ``device`` directly.
+    """
+    tensors = [*module.parameters(), *module.buffers()]
+    if all(_same_device(t.device, device) for t in tensors):
+        return module
+    # deepcopy takes tensors found in the memo as they are: the moved ones.
+    memo = {
+        id(p): nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
+        for p in module.parameters()
+    }
+    memo.update({id(b): b.detach().to(device) for b in module.buffers()})
+    return copy.deepcopy(module, memo)
+
+
+def _same_device(have: torch.device, want: torch.device) -> bool:
+    if have.type != want.type:
+        return False
+    if want.index is None and want.type == "cuda":
+        return have.index == torch.cuda.current_device()
+    return want.index is None or have.index == want.index
+
+
+def weight_average(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and buffers, or
+    None without a ``decay``."""
+    if decay is None:
+        return None
+    average = AveragedModel(
+        model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True
+    )
+    # The first update copies: the average starts at the initial weights.
+    average.update_parameters(model)
+    return average
+
+
 class BestWeights:
     """The best epoch so far: its score and an in-memory copy of its weights.
 
@@ -202,9 +246,35 @@ class BestWeights:
             model.load_state_dict(self.state_dict)
 
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """The estimator's parameters that the epoch loop reads, checked."""
+
+    batch_size: int
+    rotation_degrees: float = 0.0
+    amp_dtype: torch.dtype | None = None  # autocast's dtype; None is fp32
+    label_smoothing: float = 0.0
+    early_stopping: bool = False
+    n_iter_no_change: int = 10
+    tol: float = 0.0
+
+    @classmethod
+    def of(cls, estimator, amp_dtype: torch.dtype | None) -> LoopSettings:
+        """The settings of ``estimator``, whose parameters ``fit`` checked."""
+        return cls(
+            batch_size=estimator.batch_size,
+            rotation_degrees=float(estimator.rotation_degrees),
+            amp_dtype=amp_dtype,
+            label_smoothing=float(estimator.label_smoothing),
+            early_stopping=estimator.early_stopping,
+            n_iter_no_change=estimator.n_iter_no_change,
+            tol=estimator.tol,
+        )
+
+
 @dataclass
 class EpochLoop:
-    """Train a model for a number of epochs with fixed settings.
+    """Train a model for a number of epochs with fixed ``settings``.
 
     ``run`` appends one record per epoch to ``history`` and keeps the best
     epoch's weights in ``best``; it never raises on ``KeyboardInterrupt`` (it
@@ -221,24 +291,18 @@ class EpochLoop:
     forward: Callable[[torch.Tensor], torch.Tensor]
     optimizer: torch.optim.Optimizer
     param_groups: StageParamGroups
-    frozen_stages: list[str]
     schedule: EpochSchedule
-    batch_size: int
-    rotation_degrees: float
-    amp_dtype: torch.dtype | None
-    grad_scaler: torch.amp.GradScaler | None
-    rng: np.random.RandomState
-    generator: torch.Generator
+    settings: LoopSettings
+    rng: np.random.RandomState  # shuffles the batches
+    generator: torch.Generator  # draws the rotations, on the device
     best: BestWeights
     reporter: ProgressReporter
-    early_stopping: bool = False
-    n_iter_no_change: int = 10
-    tol: float = 0.0
+    grad_scaler: torch.amp.GradScaler | None = None  # for fp16
     history: list[dict] = field(default_factory=list)
-    label_smoothing: float = 0.0
     ema: AveragedModel | None = None
     scorer: EpochScorer | None = None
     validation_X: object = None  # what a scorer gets as X (scoring != None)
+    frozen_stages: list[str] = field(default_factory=list)  # in this phase
     stopped: bool = False
 
     def __post_init__(self) -> None:
@@ -288,16 +352,19 @@ class EpochLoop:
             self.schedule.step(-record["train_loss"])
             self.reporter.end_epoch(record)
             return False
+        settings = self.settings
         self.best.consider(epoch, score, self.scored_model)
-        improved = score > self._best_for_stopping + self.tol
+        improved = score > self._best_for_stopping + settings.tol
         self._no_improvement = 0 if improved else self._no_improvement + 1
         self._best_for_stopping = max(self._best_for_stopping, score)
         self.schedule.step(score)
         self.reporter.end_epoch(record)
-        if self.early_stopping and self._no_improvement >= self.n_iter_no_change:
+        if settings.early_stopping and (
+            self._no_improvement >= settings.n_iter_no_change
+        ):
             self.reporter.message(
                 f"early stopping: the validation score has not improved by "
-                f"more than tol={self.tol} for {self._no_improvement} epochs"
+                f"more than tol={settings.tol} for {self._no_improvement} epochs"
             )
             return True
         return False
@@ -352,13 +419,14 @@ class EpochLoop:
         self.model.train()
         set_frozen_to_eval(self.model, self.frozen_stages)
         device = data.images.device
+        batch_size, degrees = self.settings.batch_size, self.settings.rotation_degrees
         order = data.indices[self.rng.permutation(len(data))]
         loss_sum = torch.zeros((), device=device)
         correct_sum = torch.zeros((), device=device)
-        with _explain_out_of_memory(self.batch_size):
-            for batch in batch_slices(len(order), self.batch_size, training=True):
+        with _explain_out_of_memory(batch_size):
+            for batch in batch_slices(len(order), batch_size, training=True):
                 indices = order[batch]
-                inputs = data.images.get(indices, self.rotation_degrees, self.generator)
+                inputs = data.images.get(indices, degrees, self.generator)
                 targets = data.targets(indices, device)
                 weights = data.batch_weights(indices, device)
                 loss, logits = self.train_step(inputs, targets, weights)
@@ -378,10 +446,10 @@ class EpochLoop:
         targets: torch.Tensor,
         weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast_context(inputs.device, self.amp_dtype):
+        with autocast_context(inputs.device, self.settings.amp_dtype):
             logits = self.forward(inputs)
             loss = weighted_cross_entropy(
-                logits, targets, weights, self.label_smoothing
+                logits, targets, weights, self.settings.label_smoothing
             )
         self.optimizer.zero_grad(set_to_none=True)
         if self.grad_scaler is not None:
@@ -411,12 +479,13 @@ class EpochLoop:
         loss_sum = torch.zeros((), device=device)
         correct_sum = torch.zeros((), device=device)
         weight_sum = torch.zeros((), device=device)
-        with _explain_out_of_memory(self.batch_size):
-            for batch in batch_slices(len(data), self.batch_size, training=False):
+        batch_size = self.settings.batch_size
+        with _explain_out_of_memory(batch_size):
+            for batch in batch_slices(len(data), batch_size, training=False):
                 indices = data.indices[batch]
                 targets = data.targets(indices, device)
                 weights = data.batch_weights(indices, device)
-                with autocast_context(device, self.amp_dtype):
+                with autocast_context(device, self.settings.amp_dtype):
                     logits = forward(data.images.get(indices)).float()
                 # The plain (unsmoothed) loss: comparable across settings.
                 loss_sum += weighted_cross_entropy(

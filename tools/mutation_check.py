@@ -179,7 +179,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "resnetclf/_training.py",
         (
             (
-                "data.images.get(indices, self.rotation_degrees, self.generator)",
+                "data.images.get(indices, degrees, self.generator)",
                 "data.images.get(indices)",
             ),
         ),
@@ -230,8 +230,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "resnetclf/_training.py",
         (
             (
-                "self._no_improvement >= self.n_iter_no_change",
-                "self._no_improvement > self.n_iter_no_change",
+                "self._no_improvement >= settings.n_iter_no_change",
+                "self._no_improvement > settings.n_iter_no_change",
             ),
         ),
         (CORE + "test_early_stopping_stops_after_exactly_patience_epochs",),
@@ -239,10 +239,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "normalization-ignored",
-        "resnetclf/_estimator.py",
+        "resnetclf/_fit_setup.py",
         (
             (
-                "mean, std = resolve_normalization(self.normalization)",
+                "mean, std = resolve_normalization(estimator.normalization)",
                 "mean, std = resolve_normalization((0.5, 0.5))",
             ),
         ),
@@ -300,7 +300,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "warm-start-forgets-history",
         "resnetclf/_estimator.py",
-        (("history=list(self.history_) if warm else [],", "history=[],"),),
+        (("history=list(self.history_) if setup.warm else [],", "history=[],"),),
         (CORE + "test_warm_start_continues_from_the_fitted_weights",),
         "warm_start=True restarts n_iter_ and history_",
     ),
@@ -346,10 +346,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "resnetclf/_estimator.py",
         (
             (
-                "            if warm:\n"
-                "                _check_kept_network(self.module_, model_channels, "
-                "len(classes))\n",
-                "",
+                "            check_kept_network(self.module_, model_channels, "
+                "n_classes)\n",
+                "            pass\n",
             ),
         ),
         (ROBUST + "test_refused_warm_start_refit_leaves_the_estimator_as_it_was",),
@@ -360,7 +359,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "resnetclf/_estimator.py",
         (
             (
-                "model = _module_on(self.module_, device)",
+                "model = module_on(self.module_, device)",
                 "model = self.module_.to(device)",
             ),
         ),
