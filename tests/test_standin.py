@@ -201,6 +201,13 @@ def test_bench_recipes_from_the_standin_smoke(standin, tmp_path):
         if summary[f"defaults+{m}"]["val_mean"] > base_val
     ]
     assert sorted(result["best_methods"]) == sorted(expected)
+    # The docs' table is printed from the JSON alone.
+    table = recipes.markdown_table(saved)
+    assert table.count("\n") == len(names) + 1
+    assert (
+        f"| `defaults+lora_rank=4` | {summary['defaults+lora_rank=4']['test_mean']:.3f}"
+        in table
+    )
 
 
 def test_unknown_recipe_fails_before_any_training(tmp_path, monkeypatch):
