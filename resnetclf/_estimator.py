@@ -37,6 +37,7 @@ from resnetclf._fit_setup import (
     FitParams,
     FitSetup,
     check_kept_network,
+    check_new_network,
     check_params,
     check_writable,
     restored_on_error,
@@ -50,12 +51,13 @@ from resnetclf._images import (
     infer_layout,
     model_input_channels,
 )
-from resnetclf._lora import add_lora_adapters, check_lora_rank, merge_lora_adapters
+from resnetclf._lora import add_lora_adapters, merge_lora_adapters
 from resnetclf._param_groups import (
     StageParamGroups,
     freeze_stages,
     make_optimizer,
     trainable_stages,
+    training_phases,
 )
 from resnetclf._progress import ProgressReporter
 from resnetclf._sample_weights import (
@@ -516,13 +518,10 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         initial_weights = None if warm else resolve_weights(self.arch, self.weights)
         if warm:
             check_kept_network(self.module_, model_channels, n_classes)
-        elif self.lora_rank is not None or callable(self.arch):
-            # Checked on a weightless copy, before any weights are read.
-            with torch.device("meta"):
-                probe = build_resnet(self.arch, None, n_classes, model_channels)
-            if self.lora_rank is not None:
-                stages = trainable_stages(params.stage_lrs)
-                check_lora_rank(probe, self.lora_rank, stages)
+        else:
+            check_new_network(
+                self.arch, n_classes, model_channels, self.lora_rank, params.stage_lrs
+            )
         scorer = EpochScorer(self.scoring, self, data.classes)
         rng = check_random_state(self.random_state)
         train, val, validation_X = training_parts(
@@ -624,7 +623,8 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         ``freeze_epochs`` asks for it, then every stage at its rate."""
         plain_forward = loop.forward
         try:
-            for n_epochs, stage_lrs in self._phases(setup.stage_lrs):
+            phases = training_phases(setup.stage_lrs, self.freeze_epochs, self.max_iter)
+            for n_epochs, stage_lrs in phases:
                 loop.frozen_stages = freeze_stages(model, stage_lrs)
                 # A phase that changes what trains needs graphs of its own.
                 with self._accelerated(model, plain_forward, setup, n_epochs, loop):
@@ -640,15 +640,6 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         loop.keep_final_weights()
         # The last step's gradients would double the fitted model's memory.
         model.zero_grad(set_to_none=True)
-
-    def _phases(self, stage_lrs: dict[str, float]) -> list[tuple[int, dict]]:
-        head_only = {stage: (rate if stage == "fc" else 0.0) for stage, rate in
-                     stage_lrs.items()}  # fmt: skip
-        phases = [
-            (self.freeze_epochs, head_only),
-            (self.max_iter - self.freeze_epochs, stage_lrs),
-        ]
-        return [(n, lrs) for n, lrs in phases if n > 0]
 
     @contextlib.contextmanager
     def _accelerated(self, model, forward, setup, n_epochs: int, loop: EpochLoop):

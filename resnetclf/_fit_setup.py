@@ -21,9 +21,14 @@ import torch
 from torch import nn
 
 from resnetclf._acceleration.devices import amp_dtype_for, resolve_device
-from resnetclf._backbone import check_arch
+from resnetclf._backbone import build_resnet, check_arch
 from resnetclf._images import ImageBatches, ImageLayout, resolve_normalization
-from resnetclf._param_groups import check_layer_lr_decay, stage_learning_rates
+from resnetclf._lora import check_lora_rank
+from resnetclf._param_groups import (
+    check_layer_lr_decay,
+    stage_learning_rates,
+    trainable_stages,
+)
 from resnetclf._scoring import EpochScorer
 from resnetclf._split import stratified_holdout
 from resnetclf._training import LabelledImages
@@ -34,6 +39,7 @@ __all__ = [
     "FitParams",
     "FitSetup",
     "check_kept_network",
+    "check_new_network",
     "check_params",
     "check_writable",
     "restored_on_error",
@@ -210,6 +216,20 @@ def _weighted_part(
         return LabelledImages(images, indices, y_encoded)
     scaled = (weights * (len(part) / part.sum())).astype(np.float32)
     return LabelledImages(images, indices, y_encoded, scaled)
+
+
+def check_new_network(
+    arch, n_classes: int, in_channels: int, lora_rank: int | None, stage_lrs
+) -> None:
+    """Check what only the network can tell, on a weightless copy of it (on
+    the meta device): that a callable ``arch`` builds a ResNet, and that
+    ``lora_rank`` suits the convolutions of the trainable stages."""
+    if lora_rank is None and not callable(arch):
+        return
+    with torch.device("meta"):
+        probe = build_resnet(arch, None, n_classes, in_channels)
+    if lora_rank is not None:
+        check_lora_rank(probe, lora_rank, trainable_stages(stage_lrs))
 
 
 def check_kept_network(module: nn.Module, in_channels: int, n_classes: int) -> None:

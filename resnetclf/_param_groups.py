@@ -19,6 +19,7 @@ __all__ = [
     "stage_learning_rates",
     "stage_modules",
     "trainable_stages",
+    "training_phases",
 ]
 
 # From the input to the head. Learning rates grow along this order.
@@ -68,6 +69,18 @@ def stage_learning_rates(lr: float, layer_lr_decay) -> dict[str, float]:
 def trainable_stages(stage_lrs: Mapping[str, float]) -> list[str]:
     """The stages whose learning rate is above 0, input to head."""
     return [stage for stage, rate in stage_lrs.items() if rate > 0]
+
+
+def training_phases(
+    stage_lrs: Mapping[str, float], freeze_epochs: int, max_iter: int
+) -> list[tuple[int, dict[str, float]]]:
+    """``(epochs, stage rates)`` of each phase of a fit: the head alone for
+    ``freeze_epochs`` epochs (gradual unfreezing), then every stage at its
+    rate; phases of no epoch are left out."""
+    head_only = {stage: (rate if stage == "fc" else 0.0) for stage, rate in
+                 stage_lrs.items()}  # fmt: skip
+    phases = [(freeze_epochs, head_only), (max_iter - freeze_epochs, stage_lrs)]
+    return [(n, lrs) for n, lrs in phases if n > 0]
 
 
 def stage_modules(model: nn.Module) -> dict[str, list[nn.Module]]:
