@@ -119,10 +119,10 @@ def _unwrapped(constraints) -> list:
     return [c.constraint if isinstance(c, Hidden) else c for c in constraints]
 
 
-def value_from_text(text: str, constraints: Sequence, none: bool = False):
+def value_from_text(text: str, constraints: Sequence):
     """The value ``text`` stands for, as the constraints read it.
 
-    Tried in order: ``"none"`` (when None is allowed, or ``none`` says so), a
+    Tried in order: ``"none"`` (when None is allowed), a
     listed option, ``true``/``false`` for a boolean, a number for an
     interval, then the text itself where strings are allowed, or a
     comma-separated tuple where tuples are. Anything else is returned as
@@ -134,15 +134,13 @@ def value_from_text(text: str, constraints: Sequence, none: bool = False):
         The option's value as typed.
     constraints : sequence
         The parameter's entry of ``_parameter_constraints``.
-    none : bool, default=False
-        Read ``"none"`` as None even if the constraints do not say so.
 
     Returns
     -------
     value : object
         An int, float, bool, None, str or tuple.
     """
-    if text.lower() == "none" and (none or None in constraints):
+    if text.lower() == "none" and None in constraints:
         return None
     for constraint in constraints:
         if isinstance(constraint, Options):
@@ -179,7 +177,7 @@ def _number(text: str, integral: bool) -> int | float | None:
         return None
 
 
-def _metavar(constraints: Sequence, none: bool) -> str | None:
+def _metavar(constraints: Sequence) -> str | None:
     """The values an option takes, e.g. ``{auto,FLOAT}``; None: free text."""
     if str in constraints:
         return None  # argparse's NAME
@@ -195,7 +193,7 @@ def _metavar(constraints: Sequence, none: bool) -> str | None:
             words += ["true", "false"]
         elif constraint in (tuple, list):
             words.append("V,V")
-    if none or None in constraints:
+    if None in constraints:
         words.append("none")
     words = list(dict.fromkeys(words))
     if not words:
@@ -211,14 +209,12 @@ def record_spelling(namespace, parameter: str, option_string: str) -> None:
 class _ParameterOption(argparse.Action):
     """Store a parameter's value read from text, and the option string used."""
 
-    def __init__(self, option_strings, dest, constraints=(), none=False, **kwargs):
+    def __init__(self, option_strings, dest, constraints=(), **kwargs):
         super().__init__(option_strings, dest, **kwargs)
         self.constraints = constraints
-        self.none = none
 
     def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, value_from_text(values, self.constraints,
-                                                      self.none))  # fmt: skip
+        setattr(namespace, self.dest, value_from_text(values, self.constraints))
         record_spelling(namespace, self.dest, option_string)
 
 
@@ -258,9 +254,7 @@ class EstimatorOptions:
         docs = parameter_docs(self.estimator)
         for name in self.parameters:
             entry = _unwrapped(constraints.get(name, "no_validation"))
-            type_spec, description = docs.get(name, ("", ""))
-            # A parameter without constraints takes None if its doc says so.
-            none = constraints.get(name) == "no_validation" and "None" in type_spec
+            description = docs.get(name, ("", ""))[1]
             default = signature[name].default
             if name in self.command_defaults:
                 default = self.command_defaults[name][0]
@@ -275,8 +269,7 @@ class EstimatorOptions:
                 *strings,
                 action=_ParameterOption,
                 constraints=entry,
-                none=none,
-                metavar=_metavar(entry, none),
+                metavar=_metavar(entry),
                 **kwargs,
             )
 

@@ -31,7 +31,7 @@ from resnetclf import (
     train_val_test_split,
 )
 from resnetclf._acceleration.devices import resolve_device
-from resnetclf._backbone import check_arch, resolve_weights
+from resnetclf._backbone import resolve_weights
 from resnetclf._cli_options import (
     EstimatorOptions,
     in_option_terms,
@@ -46,7 +46,7 @@ from resnetclf._cli_outputs import (
     write_prediction_metrics,
     write_predictions,
 )
-from resnetclf._images import resolve_normalization
+from resnetclf._fit_setup import check_params
 from resnetclf.datasets import load_merged, make_digit_sums
 
 __all__ = ["build_parser", "main", "predict", "train"]
@@ -345,18 +345,12 @@ def _check_train_arguments(parser: argparse.ArgumentParser, args) -> None:
 
 
 def _check_parameters(clf: ResNetFineTuneClassifier) -> None:
-    """The checks ``fit`` runs first on the parameters alone (no data)."""
+    """The checks ``fit`` runs on the parameters before it looks at data."""
     clf._validate_params()
-    resolve_weights(check_arch(clf.arch), clf.weights)
-    resolve_device(clf.device)
-    resolve_normalization(clf.normalization)
+    check_params(clf)
+    resolve_weights(clf.arch, clf.weights)
     if clf.scoring is not None:
-        check_scoring(clf, scoring=clf.scoring)
-    if clf.freeze_epochs > clf.max_iter:
-        raise ValueError(
-            f"freeze_epochs={clf.freeze_epochs} is more than "
-            f"max_iter={clf.max_iter}: the backbone would never train"
-        )
+        check_scoring(clf, scoring=clf.scoring)  # as fit's EpochScorer does
 
 
 def _check_predict_arguments(parser: argparse.ArgumentParser, args) -> None:
