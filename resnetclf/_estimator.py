@@ -53,6 +53,7 @@ from resnetclf._images import (
 )
 from resnetclf._lora import add_lora_adapters, merge_lora_adapters
 from resnetclf._param_groups import (
+    OPTIMIZERS,
     StageParamGroups,
     freeze_stages,
     make_optimizer,
@@ -310,7 +311,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         ],
         "lr_schedule": [StrOptions(set(SCHEDULES))],
         "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
-        "optimizer": [StrOptions({"adam", "adamw", "sgd"})],
+        "optimizer": [StrOptions(set(OPTIMIZERS))],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "rotation_degrees": [Interval(Real, 0, 180, closed="both")],
         "normalization": [StrOptions({"imagenet"}), tuple, list],

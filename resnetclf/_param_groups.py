@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 __all__ = [
+    "OPTIMIZERS",
     "STAGES",
     "StageParamGroups",
     "check_layer_lr_decay",
@@ -24,6 +25,8 @@ __all__ = [
 
 # From the input to the head. Learning rates grow along this order.
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")
+# What ``make_optimizer`` builds, by name.
+OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 def check_layer_lr_decay(layer_lr_decay) -> None:
