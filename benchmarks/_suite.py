@@ -1,10 +1,12 @@
-"""What ``bench_fit.py``, ``bench_predict.py`` and ``bench_memory.py`` share.
+"""What the scripts of the suite share, on top of ``_harness``.
 
 The configuration of a run (:class:`BenchConfig`) and its command-line
 options, the synthetic data, the estimator the scripts fit with the report's
 settings, the library's own split and optimizer, the plan that runs each
 measurement in a fresh process (``_harness``), and the target checks and
-report table.
+report table. ``resnetclf`` is imported where it is used, not at module
+level, so that a worker of ``bench_checkouts.py`` measures the checkout its
+``PYTHONPATH`` names.
 """
 
 from __future__ import annotations
@@ -23,11 +25,6 @@ import numpy as np
 import torch
 from torch import nn
 
-import resnetclf._estimator
-from resnetclf import ResNetFineTuneClassifier
-from resnetclf._param_groups import StageParamGroups, stage_learning_rates
-from resnetclf._split import stratified_holdout
-
 SCHEMA_VERSION = 2  # 1: one bench_fit.py for fit, step, predict and memory
 
 _FULL_DEFAULTS: dict[str, Any] = {
@@ -42,6 +39,7 @@ _FULL_DEFAULTS: dict[str, Any] = {
     "step_iters": 8,
     "predict_samples": None,  # n_samples
     "memory_samples": 30_000,
+    "variants": (),
 }
 _QUICK_DEFAULTS: dict[str, Any] = {
     "arch": "resnet18",
@@ -55,6 +53,7 @@ _QUICK_DEFAULTS: dict[str, Any] = {
     "step_iters": 2,
     "predict_samples": 32,
     "memory_samples": 256,
+    "variants": (),
 }
 
 
@@ -102,6 +101,8 @@ class BenchConfig:
         Seed of the data, the split and the weights.
     validation_fraction, rotation_degrees, lr, weight_decay : float
         Training settings shared by the library and the report-style loop.
+    variants : tuple of str
+        Library variants (``bench_fit.VARIANTS``) fitted besides the library.
     """
 
     arch: str
@@ -124,6 +125,7 @@ class BenchConfig:
     rotation_degrees: float = 10.0
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    variants: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BenchConfig:
@@ -146,8 +148,10 @@ def make_data(
     )  # fmt: skip
 
 
-def make_classifier(config: BenchConfig, **overrides: Any) -> ResNetFineTuneClassifier:
+def make_classifier(config: BenchConfig, **overrides: Any):
     """The estimator the benchmarks fit: random weights, the report's settings."""
+    from resnetclf import ResNetFineTuneClassifier
+
     params: dict[str, Any] = {
         "arch": config.arch,
         "weights": None,
@@ -164,9 +168,13 @@ def make_classifier(config: BenchConfig, **overrides: Any) -> ResNetFineTuneClas
     return ResNetFineTuneClassifier(**params)
 
 
-def fitted_classifier(
-    X: np.ndarray, y: np.ndarray, config: BenchConfig
-) -> ResNetFineTuneClassifier:
+def warmup_size(config: BenchConfig, n_available: int) -> int:
+    """Images of the untimed fit before a timed one: two training batches
+    once 10% is held out, and a validation batch."""
+    return min(n_available, int(round(2 * config.batch_size / 0.9)) + 1)
+
+
+def fitted_classifier(X: np.ndarray, y: np.ndarray, config: BenchConfig):
     """A classifier after one short epoch, for timing what predict costs.
 
     The weights do not change predict's cost, so two batches suffice.
@@ -184,6 +192,8 @@ def library_split(y: np.ndarray, config: BenchConfig) -> tuple[np.ndarray, np.nd
     The library's split with the RandomState it uses (random_state=seed,
     first draw), so that other code trains on the same images.
     """
+    from resnetclf._split import stratified_holdout
+
     train_idx, val_idx, _ = stratified_holdout(
         y, config.validation_fraction, np.random.RandomState(config.seed)
     )
@@ -195,6 +205,9 @@ def library_optimizer(
 ) -> torch.optim.Optimizer:
     """The optimizer fit builds by default: Adam over the stage parameter
     groups (layer-wise rate decay 0.5), fused where fit fuses it."""
+    import resnetclf._estimator
+    from resnetclf._param_groups import StageParamGroups, stage_learning_rates
+
     stage_lrs = stage_learning_rates(lr, 0.5)
     stem_fold = 3 if model.conv1.in_channels == 1 else 1
     groups = StageParamGroups(model, stage_lrs, weight_decay, stem_fold).groups
@@ -210,26 +223,46 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------ command line
-_OPTION_HELP: dict[str, tuple[type, str]] = {
-    "arch": (str, "torchvision ResNet (default resnet18)"),
-    "height": (int, "image height (default 40)"),
-    "width": (int, "image width (default 168)"),
-    "batch_size": (int, "default 64"),
-    "n_samples": (int, "images given to fit (default 512)"),
-    "n_classes": (int, "default 37"),
-    "epochs": (int, "epochs per timed fit (default 1)"),
-    "repeats": (
-        int,
-        "timed fits of each kind, or rounds of the in-process timings; medians "
-        "are reported (default 1)",
-    ),
-    "step_iters": (int, "timed steps per layout and round (default 8)"),
-    "predict_samples": (int, "images predicted (default n-samples)"),
-    "memory_samples": (
-        int,
-        "images of the memory measurements (default 30000, the merged data set's size)",
-    ),
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name for name in text.split(",") if name)
+
+
+# Options of BenchConfig's fields: add_argument's keywords. Left unset, a
+# field takes the full or the --quick default.
+_OPTIONS: dict[str, dict[str, Any]] = {
+    "arch": {"help": "torchvision ResNet (default resnet18)"},
+    "height": {"type": int, "help": "image height (default 40)"},
+    "width": {"type": int, "help": "image width (default 168)"},
+    "batch_size": {"type": int, "help": "default 64"},
+    "n_samples": {"type": int, "help": "images given to fit (default 512)"},
+    "n_classes": {"type": int, "help": "default 37"},
+    "epochs": {"type": int, "help": "epochs per timed fit (default 1)"},
+    "repeats": {
+        "type": int,
+        "help": "timed fits of each kind, or rounds of the in-process timings; "
+        "medians are reported (default 1)",
+    },
+    "step_iters": {"type": int, "help": "timed steps per layout and round (default 8)"},
+    "predict_samples": {"type": int, "help": "images predicted (default n-samples)"},
+    "memory_samples": {
+        "type": int,
+        "help": "images of the memory measurements (default 30000, the merged "
+        "data set's size)",
+    },
+    "variants": {
+        "type": _names,
+        "help": "comma-separated library variants to fit besides the library, "
+        "each with one speed means off (see bench_fit.VARIANTS)",
+    },
+    "clock": {
+        "choices": _harness.CLOCKS,
+        "default": "wall",
+        "help": "clock the speed targets are judged on (both are reported): wall "
+        "time, or CPU time of the measuring process, fairer on a loaded machine "
+        "with --threads 1 (default wall)",
+    },
 }
+_COMMON = ("arch", "height", "width", "batch_size", "n_samples", "n_classes")
 _POSITIVE = (
     "height", "width", "batch_size", "n_samples", "n_classes", "epochs", "repeats",
     "step_iters", "predict_samples", "memory_samples",
@@ -242,16 +275,11 @@ def suite_parser(
     """The options every script of the suite takes, plus ``options``.
 
     ``options`` names further fields of :class:`BenchConfig` the script uses
-    (``"epochs"``, ``"step_iters"``, ...). Options left unset take the full
-    or the ``--quick`` defaults.
+    (``"epochs"``, ``"step_iters"``, ``"clock"``, ...).
     """
     parser = argparse.ArgumentParser(description=description)
-    for name in ("arch", "height", "width", "batch_size", "n_samples", "n_classes"):
-        kind, text = _OPTION_HELP[name]
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
-    for name in options:
-        kind, text = _OPTION_HELP[name]
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+    for name in (*_COMMON, *options):
+        parser.add_argument("--" + name.replace("_", "-"), **_OPTIONS[name])
     parser.add_argument(
         "--device", choices=("cpu", "cuda", "auto"), default="cpu", help="default cpu"
     )
@@ -263,14 +291,6 @@ def suite_parser(
         choices=("active", "passive"),
         help="OMP_WAIT_POLICY of the measurement processes (default: inherit); "
         "passive helps on shared machines with few cores",
-    )
-    parser.add_argument(
-        "--clock",
-        choices=_harness.CLOCKS,
-        default="wall",
-        help="clock the speed targets are judged on (both are reported): wall "
-        "time, or CPU time of the measuring process, fairer on a loaded machine "
-        "with --threads 1 (default wall)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -290,9 +310,15 @@ def suite_parser(
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    """Fill the options left unset from the full or the ``--quick`` defaults."""
-    defaults = _QUICK_DEFAULTS if args.quick else _FULL_DEFAULTS
+def config_from_args(
+    args: argparse.Namespace, defaults: dict[str, Any] | None = None
+) -> BenchConfig:
+    """Fill the options left unset from ``defaults`` over the full defaults,
+    or from the ``--quick`` ones."""
+    if args.quick:
+        defaults = _QUICK_DEFAULTS
+    else:
+        defaults = {**_FULL_DEFAULTS, **(defaults or {})}
     values = {
         name: value if (value := getattr(args, name, None)) is not None else default
         for name, default in defaults.items()
@@ -304,7 +330,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         device=args.device,
         threads=args.threads,
         omp_wait_policy=args.omp_wait_policy,
-        clock=args.clock,
+        clock=getattr(args, "clock", "wall"),
         seed=args.seed,
     )
     for name in _POSITIVE:

@@ -9,7 +9,10 @@ One run measures, on the same synthetic uint8 grayscale images ``(N, H, W)``:
 3. **model step**: forward + backward + optimizer step on a batch already in
    memory, the bound no input pipeline can beat, for the network ``fit``
    trains, the way it trains it, and, for reference, for the report's step
-   (3-channel stem, contiguous memory, default Adam).
+   (3-channel stem, contiguous memory, default Adam);
+4. with ``--variants``, **fit of library variants**, each with one of the
+   library's speed means off (:data:`VARIANTS`): what each means is worth
+   inside ``fit``, and, on a GPU, what it costs in memory.
 
 Library fits and report-loop fits alternate, each in a fresh process; the
 step layouts alternate within one. Every timing is taken on two clocks: wall
@@ -19,6 +22,8 @@ Examples::
 
     python benchmarks/bench_fit.py --arch resnet18 --height 40 --width 168 \\
         --n-samples 640 --epochs 2 --threads 1 --clock cpu --json out.json
+    python benchmarks/bench_fit.py --device cuda --arch resnet50 --height 40 \\
+        --width 168 --n-samples 4096 --epochs 3 --variants no_cuda_graphs
     python benchmarks/bench_fit.py --quick --in-process   # smoke test
 
 ``bench_predict.py`` and ``bench_memory.py`` measure predict and memory; see
@@ -28,9 +33,12 @@ Examples::
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
+import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -50,7 +58,7 @@ from resnetclf._acceleration.devices import amp_dtype_for
 from resnetclf._backbone import build_resnet
 from resnetclf._training import EpochLoop, autocast_context
 
-__all__ = ["check_targets", "format_report", "main", "run_benchmark"]
+__all__ = ["VARIANTS", "check_targets", "format_report", "main", "run_benchmark"]
 
 # Targets of the issue "Speed and memory: a benchmark suite", for a 2-core CPU
 # and batch_size=64: (arch, height, width) -> (fit / report-style loop,
@@ -78,6 +86,52 @@ _FIT_RATES = (
     "all_epochs_images_per_cpu_second",
     "wall_images_per_second",
 )
+
+
+# The library with one of its speed means off (torch_compile: on): name ->
+# (estimator parameters, patches). A patch (module, name, value) replaces the
+# name in every module of the library that holds the same object.
+VARIANTS: dict[str, tuple[dict[str, Any], tuple[tuple[str, str, Any], ...]]] = {
+    # Batches gathered on the host and copied one at a time (pinned on CUDA),
+    # not from a copy of the data on the device.
+    "streamed_batches": ({}, (("resnetclf._images", "_fits_on_device",
+                               lambda *args: False),)),
+    "no_cudnn_autotune": ({}, (("resnetclf._acceleration.devices",
+                                "cudnn_autotuned",
+                                lambda device: contextlib.nullcontext()),)),
+    # Every pass launched kernel by kernel, none replayed from a CUDA graph.
+    "no_cuda_graphs": ({}, (("resnetclf._acceleration.cuda_graphs",
+                             "MIN_REPLAYS", 10**9),)),
+    # Every weight gradient from oneDNN, none as one product over the batch.
+    "onednn_weight_grads": ({}, (("resnetclf._acceleration.conv_weight_grad",
+                                  "MAX_OUTPUT_POSITIONS", 0),)),
+    "fp32": ({"precision": "fp32"}, ()),
+    # Its first epoch, which compiles, is left out like every first epoch.
+    "torch_compile": ({"torch_compile": True}, ()),
+    "torch_compile_reduce_overhead": ({"torch_compile": "reduce-overhead"}, ()),
+}  # fmt: skip
+# Variants that cannot differ from the library on the other kind of device.
+CUDA_ONLY = {"streamed_batches", "no_cudnn_autotune", "no_cuda_graphs"}
+CPU_ONLY = {"onednn_weight_grads"}
+
+
+@contextlib.contextmanager
+def library_variant(name: str | None) -> Iterator[dict[str, Any]]:
+    """Patch the library for the block as variant ``name`` (None: the library
+    itself); yields the variant's estimator parameters."""
+    params, patches = VARIANTS[name] if name else ({}, ())
+    with contextlib.ExitStack() as stack:
+        for module_name, attribute, value in patches:
+            original = getattr(importlib.import_module(module_name), attribute)
+            holders = [
+                module
+                for key, module in list(sys.modules.items())
+                if key.startswith("resnetclf")
+                and getattr(module, attribute, None) is original
+            ]
+            for module in holders:
+                stack.enter_context(mock.patch.object(module, attribute, value))
+        yield params
 
 
 # ----------------------------------------------------------------------- fit
@@ -120,11 +174,6 @@ def _record_epoch_cpu_seconds(record: list[float]):
         yield
 
 
-def _warmup_size(config: BenchConfig, n_available: int) -> int:
-    # Two training batches once 10% is held out, and a validation batch.
-    return min(n_available, int(round(2 * config.batch_size / 0.9)) + 1)
-
-
 def _fit_result(
     run: dict[str, Any], n_train: int, n_val: int, watch: Stopwatch
 ) -> dict[str, Any]:
@@ -140,8 +189,11 @@ def _fit_result(
     }
 
 
-def measure_fit_library(config: BenchConfig) -> dict[str, Any]:
-    """Time ``ResNetFineTuneClassifier.fit`` on ``n_samples`` images.
+def measure_fit_library(
+    config: BenchConfig, variant: str | None = None
+) -> dict[str, Any]:
+    """Time ``ResNetFineTuneClassifier.fit`` on ``n_samples`` images, as the
+    library is or as one of its :data:`VARIANTS`.
 
     The throughput is training images per second over whole epochs: the number
     of training images (validation part excluded) times the epochs, divided by
@@ -151,19 +203,20 @@ def measure_fit_library(config: BenchConfig) -> dict[str, Any]:
     (everything ``fit`` does, model building and best-weight copies included)
     gives ``wall_images_per_second``. ``memory`` is the peak RSS added over the
     warm-up and the timed fit together: model, optimizer state, best-weight
-    copy and batch activations.
+    copy and batch activations (on a GPU, also the allocator's peak).
     """
     device = _harness.resolve_device(config.device)
     X, y = _suite.make_data(config.n_samples, config)
     train_idx, val_idx = _suite.library_split(y, config)
-    with PeakRSS(device) as memory:
+    with PeakRSS(device) as memory, library_variant(variant) as params:
         # A 2-batch untimed fit of the same code path first: oneDNN
         # primitives and allocator growth are not charged to the epochs.
-        n_warm = _warmup_size(config, len(X))
+        n_warm = _suite.warmup_size(config, len(X))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _suite.make_classifier(config, max_iter=1).fit(X[:n_warm], y[:n_warm])
-        clf = _suite.make_classifier(config)
+            warm = _suite.make_classifier(config, max_iter=1, **params)
+            warm.fit(X[:n_warm], y[:n_warm])
+        clf = _suite.make_classifier(config, **params)
         epoch_cpu_seconds: list[float] = []
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -176,6 +229,7 @@ def measure_fit_library(config: BenchConfig) -> dict[str, Any]:
     }
     return {
         **_fit_result(run, len(train_idx), len(val_idx), watch),
+        "variant": variant or "library",
         "device": str(clf.device_),
         "warnings": sorted({str(w.message) for w in caught}),
         "memory": memory.result,
@@ -283,12 +337,20 @@ WORKERS: dict[str, _harness.Worker] = {
     "fit-library": measure_fit_library,
     "fit-report": measure_fit_report,
     "step": measure_step,
+    **{f"fit-{v}": functools.partial(measure_fit_library, variant=v) for v in VARIANTS},
 }
 
 
 # ----------------------------------------------------------- ratios, report
+def ratio_labels(result: dict[str, Any]) -> dict[str, str]:
+    """:data:`RATIO_LABELS`, and fit library / each variant fitted."""
+    variants = [name for name in result["fit"] if name in VARIANTS]
+    return {**RATIO_LABELS, **{f"fit_vs_{v}": f"fit library / {v}" for v in variants}}
+
+
 def compute_ratios(result: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """fit / report loop, fit / step bound and the two step layouts, by clock."""
+    """fit / report loop, fit / step bound, the two step layouts and fit /
+    each variant, by clock."""
     get, ratios = _suite.get, {}
     for clock in _harness.CLOCKS:
         key = "images_per_second" if clock == "wall" else "images_per_cpu_second"
@@ -302,6 +364,11 @@ def compute_ratios(result: dict[str, Any]) -> dict[str, dict[str, float | None]]
             "step_folded_vs_plain": _suite.ratio(
                 step, get(result, "step", "plain_contiguous", key)
             ),
+            **{
+                f"fit_vs_{name}": _suite.ratio(fit, get(result, "fit", name, key))
+                for name in result["fit"]
+                if name in VARIANTS
+            },
         }
     return ratios
 
@@ -336,21 +403,35 @@ def run_benchmark(
     in_process: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Alternate library and report-loop fits, then time the step; the JSON.
+    """Alternate library, report-loop and variant fits, then time the step;
+    the JSON.
+
+    Variants that cannot differ on the device (:data:`CUDA_ONLY`,
+    :data:`CPU_ONLY`) are not fitted and listed in ``variants_skipped``.
 
     Returns
     -------
     dict
         The frame of :func:`_suite.run_suite` without ``raw``, ``fit``
-        (``library`` and ``report_loop``: medians over the fits, and ``runs``),
-        ``step``, ``ratios`` and ``targets``.
+        (``library``, ``report_loop`` and each variant: medians over the fits,
+        and ``runs``), ``variants_skipped``, ``step``, ``ratios`` and
+        ``targets``.
     """
-    tasks = [_harness.Task("fit-library"), _harness.Task("fit-report")]
-    tasks = tasks * config.repeats + [_harness.Task("step")]
+    unknown = sorted(set(config.variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; pick from {', '.join(VARIANTS)}")
+    device = _harness.resolve_device(config.device)
+    skip = CPU_ONLY if device.type == "cuda" else CUDA_ONLY
+    variants = [name for name in config.variants if name not in skip]
+    fits = {"fit-library": "library", "fit-report": "report_loop"}
+    fits.update({f"fit-{name}": name for name in variants})
+    tasks = [_harness.Task(kind) for kind in fits] * config.repeats
+    tasks.append(_harness.Task("step"))
     result = _suite.run_suite(Path(__file__), tasks, WORKERS, config, in_process, log)
     raw = result.pop("raw")
     result["fit"] = {}
-    for kind, name in (("fit-library", "library"), ("fit-report", "report_loop")):
+    result["variants_skipped"] = [name for name in config.variants if name in skip]
+    for kind, name in fits.items():
         runs = raw[kind]
         result["fit"][name] = {
             **_suite.median_of(runs, _FIT_RATES),
@@ -374,11 +455,13 @@ def format_report(result: dict[str, Any]) -> str:
         f"epoch(s), {c.repeats} repeat(s)"
     )
     lines = _suite.header_lines(result, what) + [""]
+    variants = [name for name in result["fit"] if name in VARIANTS]
     lines += _suite.throughput_lines(
         result,
         [
             ("fit: library, whole epochs incl. validation", "fit", "library"),
             ("fit: report-style loop, same data, same epochs", "fit", "report_loop"),
+            *((f"fit: variant {name}", "fit", name) for name in variants),
             ("model step: folded 1-ch stem, channels_last", "step",
              "folded_channels_last"),
             ("model step: 3-ch stem, contiguous (reference)", "step",
@@ -392,9 +475,19 @@ def format_report(result: dict[str, Any]) -> str:
         "   whole fit call, model build included, wall: library "
         f"{_suite.fmt(library['wall_images_per_second'])}, report loop "
         f"{_suite.fmt(report['wall_images_per_second'])})",
-        "",
     ]
-    return "\n".join(lines + _suite.ratio_lines(result, RATIO_LABELS))
+    gpu_peaks = {
+        name: fit["runs"][0]["memory"].get("cuda_peak_allocated_bytes")
+        for name, fit in result["fit"].items()
+    }
+    if None not in gpu_peaks.values():
+        peaks = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in gpu_peaks.items())
+        lines.append(f"  GPU memory, peak allocated in the first fits (MiB): {peaks}")
+    if result["variants_skipped"]:
+        skipped = ", ".join(result["variants_skipped"])
+        lines.append(f"  (variants that cannot differ on this device: {skipped})")
+    lines.append("")
+    return "\n".join(lines + _suite.ratio_lines(result, ratio_labels(result)))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
@@ -403,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         argv,
         "Training speed of ResNetFineTuneClassifier against a plain PyTorch "
         "loop and the model-step bound.",
-        ["epochs", "repeats", "step_iters"],
+        ["epochs", "repeats", "step_iters", "variants", "clock"],
         WORKERS,
         run_benchmark,
         format_report,

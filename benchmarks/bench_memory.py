@@ -104,7 +104,7 @@ def _stub(config: BenchConfig, in_channels: int) -> nn.Module:
 def library_with_stub(config: BenchConfig) -> contextlib.AbstractContextManager:
     """Make fit build the stub network instead of the real ResNet."""
 
-    def build(arch, weights, n_classes, in_channels):
+    def build(arch, weights, n_classes, in_channels, **options):
         return _stub(config, in_channels)
 
     return mock.patch.object(resnetclf._estimator, "build_resnet", build)

@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     return _suite.main(
         argv,
         "Speed of ResNetFineTuneClassifier.predict against a plain eval loop.",
-        ["repeats", "predict_samples"],
+        ["repeats", "predict_samples", "clock"],
         WORKERS,
         run_benchmark,
         format_report,

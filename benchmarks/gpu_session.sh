@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The GPU checks, in one go on a machine with CUDA, most telling first: the
-# CUDA-graph tests, what CUDA graphs are worth inside fit, ResNet50 at 40x168
-# in bf16 against the report-style loop and the model-step bound, predict
-# against a plain eval loop, the memory fit and predict add, the other CUDA
-# tests, then what the graphs add to GPU memory. Logs and JSON go to OUT_DIR.
+# CUDA-graph tests; ResNet50 at 40x168 in bf16 against the report-style loop,
+# the model-step bound and the library without CUDA graphs (speed, and GPU
+# memory); predict against a plain eval loop; the memory fit and predict add;
+# the other CUDA tests. Logs and JSON go to OUT_DIR.
 #
 #   bash benchmarks/gpu_session.sh OUT_DIR
 #
 # SAMPLES (default 4096) sets the images of each timed fit; VARIANTS the
-# bench_means.py variants (default: library,no_cuda_graphs).
+# library variants fitted besides it (bench_fit.py --variants; default
+# no_cuda_graphs).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_session.sh OUT_DIR}
 samples=${SAMPLES:-4096}
-variants=${VARIANTS:-library,no_cuda_graphs}
+variants=${VARIANTS:-no_cuda_graphs}
 python=${PYTHON:-python3}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -27,14 +28,9 @@ print('torch', torch.__version__, 'torchvision', torchvision.__version__,
 
 timeout 120 "${pytest[@]}" tests/test_cuda.py -k graph 2>&1 | tee "$out/test_cuda_graphs.txt"
 
-timeout 120 "$python" benchmarks/bench_means.py --device cuda --arch resnet50 \
-    --height 40 --width 168 --n-samples "$samples" --epochs 3 \
-    --variants "$variants" \
-    --json "$out/means_resnet50_40x168_cuda.json" 2>&1 | tee "$out/bench_means.txt"
-
-timeout 240 "$python" benchmarks/bench_fit.py --device cuda --arch resnet50 \
+timeout 300 "$python" benchmarks/bench_fit.py --device cuda --arch resnet50 \
     --height 40 --width 168 --batch-size 64 --n-samples "$samples" --epochs 3 \
-    --repeats 2 --step-iters 30 \
+    --repeats 2 --step-iters 30 --variants "$variants" \
     --json "$out/fit_resnet50_40x168_cuda.json" 2>&1 | tee "$out/bench_fit.txt"
 
 timeout 120 "$python" benchmarks/bench_predict.py --device cuda --arch resnet50 \
@@ -46,6 +42,3 @@ timeout 180 "$python" benchmarks/bench_memory.py --device cuda --height 40 \
     --width 168 --json "$out/memory_40x168_cuda.json" 2>&1 | tee "$out/bench_memory.txt"
 
 timeout 240 "${pytest[@]}" tests/test_cuda.py -k "not graph" 2>&1 | tee "$out/test_cuda.txt"
-
-timeout 120 "$python" benchmarks/bench_cuda_graph_memory.py --n-samples 30000 \
-    --json "$out/cuda_graph_memory.json" 2>&1 | tee "$out/cuda_graph_memory.txt"

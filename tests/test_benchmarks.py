@@ -54,15 +54,20 @@ QUICK = ["--quick", "--in-process", "--threads", "1"]
 def test_bench_fit_quick(tmp_path, capsys):
     bench = _load_script("bench_fit")
     out = tmp_path / "fit.json"
-    returned = bench.main([*QUICK, "--json", str(out)])
+    # no_cuda_graphs cannot differ on the CPU: skipped, not fitted.
+    variants = "onednn_weight_grads,fp32,no_cuda_graphs"
+    returned = bench.main([*QUICK, "--variants", variants, "--json", str(out)])
     result = json.loads(out.read_text())
     assert result == json.loads(json.dumps(returned))
     assert FRAME_KEYS | {"fit", "step"} <= set(result)
     assert MACHINE_KEYS <= set(result["machine"])
     assert result["machine"]["worker_threads"] == [1]
     assert result["config"]["height"] == result["config"]["width"] == 16
-    for name in ("library", "report_loop"):
-        fit = result["fit"][name]
+    assert list(result["fit"]) == [
+        "library", "report_loop", "onednn_weight_grads", "fp32"
+    ]  # fmt: skip
+    assert result["variants_skipped"] == ["no_cuda_graphs"]
+    for name, fit in result["fit"].items():
         assert fit["images_per_second"] > 0
         assert fit["images_per_cpu_second"] > 0
         run = fit["runs"][0]
@@ -70,20 +75,63 @@ def test_bench_fit_quick(tmp_path, capsys):
         assert len(run["epoch_seconds"]) == result["config"]["epochs"]
         assert len(run["epoch_cpu_seconds"]) == result["config"]["epochs"]
         assert run["memory"]["rss_peak_bytes"] > 0
+        if name != "report_loop":
+            assert run["variant"] == name
     for name in ("folded_channels_last", "plain_contiguous"):
         assert result["step"][name]["images_per_second"] > 0
         assert result["step"][name]["images_per_cpu_second"] > 0
     ratios = result["ratios"]
     assert set(ratios) == {"wall", "cpu"}
     for clock in ("wall", "cpu"):
-        assert set(ratios[clock]) == set(bench.RATIO_LABELS)
+        assert set(ratios[clock]) == set(bench.RATIO_LABELS) | {
+            "fit_vs_onednn_weight_grads", "fit_vs_fp32"
+        }  # fmt: skip
         assert all(value > 0 for value in ratios[clock].values())
     statuses = {check["name"]: check["status"] for check in result["targets"]}
     # 16x16 is not one of the configurations: no fit verdicts.
     assert statuses == {"fit_vs_report_loop": "n/a", "fit_vs_step_bound": "n/a"}
     table = capsys.readouterr().out
     assert "fit library / report-style loop" in table
+    assert "fit library / onednn_weight_grads" in table
     assert "model step: 3-ch stem, contiguous (reference)" in table
+    with pytest.raises(SystemExit, match="unknown variants"):
+        bench.main([*QUICK, "--variants", "fp32,no_such_means"])
+
+
+def test_fit_variants_patch_the_library_wherever_it_holds_the_name():
+    import torch
+    from torch import nn
+
+    import resnetclf._estimator as est
+    import resnetclf._images as images
+    from resnetclf._acceleration import cuda_graphs, devices
+    from resnetclf._acceleration.conv_weight_grad import uses_gemm_weight_grad
+
+    bench = _load_script("bench_fit")
+    conv = nn.Conv2d(512, 512, 3, padding=1, bias=False)
+    small_map = torch.zeros(2, 512, 1, 1)
+    assert uses_gemm_weight_grad(conv, small_map)
+    with bench.library_variant("onednn_weight_grads") as params:
+        assert params == {}
+        assert not uses_gemm_weight_grad(conv, small_map)
+    assert uses_gemm_weight_grad(conv, small_map)
+    with bench.library_variant("no_cuda_graphs"):
+        assert cuda_graphs.MIN_REPLAYS > 10**6
+    with bench.library_variant("streamed_batches"):
+        assert images._fits_on_device(None, None) is False
+    original = devices.cudnn_autotuned
+    holders = [m for m in (est, devices) if vars(m).get("cudnn_autotuned") is original]
+    with bench.library_variant("no_cudnn_autotune"):
+        assert all(module.cudnn_autotuned is not original for module in holders)
+    assert devices.cudnn_autotuned is original
+    with bench.library_variant("fp32") as params:
+        assert params == {"precision": "fp32"}
+    # Every variant's parameters are the estimator's.
+    from resnetclf import ResNetFineTuneClassifier
+
+    for name in bench.VARIANTS:
+        with bench.library_variant(name) as params:
+            ResNetFineTuneClassifier(**params).get_params()
 
 
 def test_bench_predict_in_a_subprocess(tmp_path):
@@ -269,190 +317,46 @@ def test_peak_rss_sees_an_allocation():
     assert small < 16 * 2**20
 
 
-def test_bench_checkouts_worker_measures_the_named_checkout(tmp_path):
+def test_bench_checkouts_compares_checkouts_in_turns(tmp_path, monkeypatch, capsys):
     bench = _load_script("bench_checkouts")
-    config = bench.CheckoutConfig(
-        arch="resnet18", height=12, width=12, batch_size=8, n_samples=24,
-        n_classes=3, epochs=2, predict_samples=16, threads=1, checkout=str(ROOT),
-    )  # fmt: skip
-    result = bench.measure_fit_predict(config)
-    assert Path(result["resnetclf"]) == ROOT / "resnetclf"
-    assert len(result["epoch_seconds"]) == 2
-    assert result["fit_images_per_second"] > 0
-    assert result["predict_images_per_second"] > 0
+    harness = _load_script("_harness")
+    seen = []
+
+    def in_this_process(script, task, config, env):
+        # What measure_in_subprocess does, without the process: the worker
+        # runs with the task's PYTHONPATH.
+        seen.append(task.tag)
+        monkeypatch.setenv("PYTHONPATH", task.env["PYTHONPATH"])
+        return bench.measure_fit_predict(config)
+
+    monkeypatch.setattr(harness, "measure_in_subprocess", in_this_process)
+    out = tmp_path / "checkouts.json"
+    sizes = "--height 12 --width 12 --batch-size 8 --n-samples 24 --n-classes 3"
+    argv = [str(ROOT), str(ROOT), "--rounds", "2", *sizes.split()]
+    argv += ["--predict-samples", "16", "--threads", "1", "--json", str(out)]
+    result = bench.main(argv)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    # A checkout against itself: the machine's noise. Turns: A B, B A.
+    assert seen == ["first", "second", "second", "first"]
+    assert result["script"] == "bench_checkouts.py"
+    assert result["config"]["epochs"] == 2  # the script's own default
+    assert result["checkouts"] == {"first": str(ROOT), "second": str(ROOT)}
+    assert result["commits"]["first"] == result["commits"]["second"]
+    for run in result["runs"]["first"] + result["runs"]["second"]:
+        assert Path(run["resnetclf"]) == ROOT / "resnetclf"
+        assert len(run["epoch_seconds"]) == 2
+        assert run["fit_images_per_second"] > 0
+        assert run["predict_images_per_second"] > 0
+    assert set(result["second_over_first"]) == set(bench.FIGURES)
+    assert len(result["rounds_second_over_first"]["predict_images_per_second"]) == 2
+    assert "second/first" in capsys.readouterr().out
     # A worker that imported another checkout than it was told refuses.
-    other = bench.CheckoutConfig.from_dict({**asdict(config), "checkout": "/tmp"})
+    monkeypatch.setenv("PYTHONPATH", "/tmp")
+    config = bench.BenchConfig.from_dict(result["config"])
     with pytest.raises(RuntimeError, match="not the checkout"):
-        bench.measure_fit_predict(other)
+        bench.measure_fit_predict(config)
     with pytest.raises(SystemExit):
         bench.main([str(tmp_path), str(ROOT)])  # not a checkout
-
-
-def test_bench_means_smoke(tmp_path):
-    bench_means = _load_script("bench_means")
-    out = tmp_path / "means.json"
-    result = bench_means.main(
-        ["--height", "8", "--width", "8", "--n-samples", "24", "--n-classes", "3",
-         "--batch-size", "8", "--epochs", "2",
-         "--variants", "library,fp32,onednn_weight_grads",
-         "--device", "cpu", "--json", str(out)]
-    )  # fmt: skip
-    written = json.loads(out.read_text())
-    assert set(written["median_images_per_second"]) == {
-        "library",
-        "fp32",
-        "onednn_weight_grads",
-    }
-    assert written["library_vs_variant"]["library"] == 1.0
-    assert result["machine"]["device"] == "cpu"
-
-
-def test_bench_means_skips_cuda_only_variants_on_cpu():
-    bench_means = _load_script("bench_means")
-    result = bench_means.main(
-        ["--height", "8", "--width", "8", "--n-samples", "24", "--n-classes", "3",
-         "--batch-size", "8", "--epochs", "2", "--device", "cpu",
-         "--variants", "library,streamed_batches,no_cudnn_autotune"]
-    )  # fmt: skip
-    assert list(result["median_images_per_second"]) == ["library"]
-
-
-def test_bench_step_formats_smoke():
-    bench_step_formats = _load_script("bench_step_formats")
-    medians = bench_step_formats.main(
-        ["--height", "8", "--width", "8", "--batch-size", "4", "--rounds", "1",
-         "--steps", "1"]
-    )  # fmt: skip
-    assert set(medians) == set(bench_step_formats.VARIANTS)
-    assert all(value > 0 for value in medians.values())
-
-
-def test_bench_accuracy_smoke(tmp_path):
-    bench_accuracy = _load_script("bench_accuracy")
-    out = tmp_path / "accuracy.json"
-    result = bench_accuracy.main(
-        ["--height", "12", "--width", "12", "--n-samples", "60", "--epochs", "1",
-         "--seeds", "1", "--batch-size", "16", "--json", str(out)]
-    )  # fmt: skip
-    (run,) = json.loads(out.read_text())["runs"]
-    assert len(run["library_val_accuracy"]) == len(run["report_loop_val_accuracy"])
-    assert run["n_train"] + run["n_val"] == 60
-    assert set(result["summary"]) == {"final", "best"}
-
-
-def test_bench_accuracy_verdict():
-    bench_accuracy = _load_script("bench_accuracy")
-    runs = [
-        {"library_val_accuracy": [0.5, a], "report_loop_val_accuracy": [0.4, b],
-         "n_val": 100}
-        for a, b in [(0.90, 0.80), (0.92, 0.81), (0.91, 0.79)]
-    ]  # fmt: skip
-    final = bench_accuracy.summarise(runs)["final"]
-    assert final["mean_difference"] == pytest.approx(0.11)
-    assert not final["same_within_noise"]  # 0.11 against a spread of 0.01
-    # One seed: judged against the binomial noise of the two accuracies.
-    single = {**runs[0], "report_loop_val_accuracy": [0.4, 0.85]}
-    one = bench_accuracy.summarise([single])["final"]
-    binomial = ((0.9 * 0.1 + 0.85 * 0.15) / 100) ** 0.5  # about 0.047
-    assert one["standard_error"] == pytest.approx(binomial)
-    assert one["same_within_noise"]  # a difference of 0.05
-
-
-def test_bench_accuracy_variants_patch_the_library():
-    import torch
-    import torchvision
-
-    import resnetclf._estimator as est
-    from resnetclf._images import rotate
-    from resnetclf._param_groups import STAGES, StageParamGroups
-
-    bench_accuracy = _load_script("bench_accuracy")
-    model = torchvision.models.resnet18(num_classes=3)
-    rates = dict.fromkeys(STAGES, 0.1)
-
-    def decays() -> set[float]:
-        return {g["weight_decay"] for g in StageParamGroups(model, rates, 0.5).groups}
-
-    with bench_accuracy.library_variant("decay_all"):
-        assert decays() == {0.5}
-    assert decays() == {0.0, 0.5}
-
-    groups = StageParamGroups(model, rates, 0.5).groups
-    with bench_accuracy.library_variant("unfused_adam"):
-        # Looked up in the module at call time, as fit does.
-        optimizer = est._make_optimizer("adam", groups, torch.device("cpu"))
-    assert not optimizer.defaults.get("fused")
-
-    images = torch.arange(36.0).reshape(1, 1, 6, 6) % 2  # a striped image
-    with bench_accuracy.library_variant("nearest_rotation"):
-        rotated = rotate(images, torch.tensor([0.3]))
-    assert set(rotated.unique().tolist()) <= {0.0, 1.0}  # no blended values
-    assert len(set(rotate(images, torch.tensor([0.3])).unique().tolist())) > 2
-
-
-def test_bench_conv_weight_grad_smoke(tmp_path, capsys):
-    bench = _load_script("bench_conv_weight_grad")
-    out = tmp_path / "conv.json"
-    result = bench.main(
-        ["--height", "16", "--width", "16", "--batch-size", "2", "--rounds", "1",
-         "--steps", "1", "--json", str(out)]
-    )  # fmt: skip
-    written = json.loads(out.read_text())
-    rows = written["convolutions"]
-    # resnet18 at 16x16: the stem, then stages on 4x4 .. 1x1 maps.
-    assert rows[0]["conv"] == "conv1" and not rows[0]["rule_takes_product"]
-    assert any(row["rule_takes_product"] for row in rows)
-    assert all(row["onednn_ms"] > 0 and row["product_ms"] > 0 for row in rows)
-    assert set(written["step_ms"]) == {"onednn", "library"}
-    assert "training step" in capsys.readouterr().out
-    assert result["machine"]["cpu_capability"]
-
-
-def test_bench_cuda_graph_memory_smoke(tmp_path, capsys):
-    bench = _load_script("bench_cuda_graph_memory")
-    out = tmp_path / "graph_memory.json"
-    result = bench.main(
-        ["--device", "cpu", "--n-samples", "40", "--height", "8", "--width", "8",
-         "--batch-size", "8", "--json", str(out)]
-    )  # fmt: skip
-    written = json.loads(out.read_text())
-    assert set(written["fit_peak_mib"]) == {"cuda_graphs", "no_cuda_graphs"}
-    assert written["raw_mib"] == pytest.approx(40 * 64 / 2**20)
-    assert result["device"] == "cpu"
-    assert "n/a" in capsys.readouterr().out  # no GPU memory on the CPU
-
-
-def test_bench_step_profile_smoke(tmp_path, capsys):
-    bench = _load_script("bench_step_profile")
-    out = tmp_path / "profile.json"
-    result = bench.main(
-        ["--arch", "resnet18", "--height", "16", "--width", "16", "--batch-size",
-         "4", "--warmup", "1", "--rounds", "1", "--steps", "1", "--json", str(out)]
-    )  # fmt: skip
-    written = json.loads(out.read_text())
-    assert set(written["layouts"]) == set(bench.LAYOUTS)
-    for layout in written["layouts"].values():
-        assert set(layout["categories_ms"]) == set(bench.CATEGORIES)
-        assert sum(layout["categories_share"].values()) == pytest.approx(1.0)
-        assert set(layout["phases_ms"]) == set(bench.PHASES)
-    # resnet18 at 16x16 ends on 1x1 maps: the library's weight gradients there
-    # are matrix products; the plain step has only fc's.
-    layouts = written["layouts"]
-    calls = {name: layouts[name]["categories_calls"] for name in bench.LAYOUTS}
-    assert calls["library"]["matrix products"] > calls["plain"]["matrix products"]
-    # Every Adam kernel of the plain step runs inside optimizer.step.
-    assert calls["plain"]["optimizer"] > calls["library"]["optimizer"]
-    assert "own CPU time by kind" in capsys.readouterr().out
-    assert result["plain_over_library_step"] > 0
-
-
-def test_step_profile_categories():
-    bench = _load_script("bench_step_profile")
-    assert bench.categorize("aten::mkldnn_convolution", False) == "convolution forward"
-    assert bench.categorize("aten::native_batch_norm_backward", False) == "batch norm"
-    assert bench.categorize("aten::add_", False) == "ReLU and residual adds"
-    assert bench.categorize("aten::mm", True) == "optimizer"
-    assert bench.categorize("autograd::engine::evaluate_function", False) == "other"
 
 
 def test_step_bound_takes_fits_optimizer_and_reference_the_reports():
@@ -479,8 +383,10 @@ def test_step_bound_takes_fits_optimizer_and_reference_the_reports():
 def test_docs_and_gpu_session_name_only_files_that_exist():
     docs = (ROOT / "docs" / "benchmarks.md").read_text()
     session = (BENCHMARKS / "gpu_session.sh").read_text()
+    # Retired scripts are named at a commit ("3c6aa8d:benchmarks/...") or in
+    # a checkout of one ("/tmp/old/benchmarks/...").
     for text in (docs, session):
-        for script in set(re.findall(r"benchmarks/(\w+\.(?:py|sh))", text)):
+        for script in set(re.findall(r"(?<![:/\w])benchmarks/(\w+\.(?:py|sh))", text)):
             assert (BENCHMARKS / script).is_file(), script
     # Results are named by path; older ones at a commit ("abc1234:benchmarks/...").
     for name in set(re.findall(r"(?<![:\w])benchmarks/results/([\w.-]+\.json)", docs)):
@@ -489,53 +395,3 @@ def test_docs_and_gpu_session_name_only_files_that_exist():
         ["bash", "-n", str(BENCHMARKS / "gpu_session.sh")], capture_output=True
     )
     assert checked.returncode == 0, checked.stderr
-
-
-def test_bench_recipes_smoke(tmp_path):
-    bench_recipes = _load_script("bench_recipes")
-    out = tmp_path / "recipes.json"
-    result = bench_recipes.main(
-        [
-            "--task",
-            "digits",
-            "--n-samples",
-            "120",
-            "--epochs",
-            "1",
-            "--seeds",
-            "2",
-            "--recipes",
-            "report_loop,base,base+label_smoothing,base+lora,best",
-            "--json",
-            str(out),
-        ]  # fmt: skip
-    )
-    assert json.loads(out.read_text())["best_methods"] == result["best_methods"]
-    summary = result["summary"]
-    assert set(summary) == {
-        "report_loop", "base", "base+label_smoothing", "base+lora", "best"
-    }  # fmt: skip
-    for name, row in summary.items():
-        assert 0.0 <= row["test_mean"] <= 1.0
-        if name != "report_loop":
-            assert row["vs_report_loop"]["verdict"] in {"noise", "BETTER", "WORSE"}
-    lora = result["runs"]["base+lora"][0]["n_trainable_params"]
-    assert 0 < lora < result["runs"]["base"][0]["n_trainable_params"]
-    # "best" takes exactly the methods that beat base on validation.
-    base_val = summary["base"]["val_mean"]
-    chosen = ["label_smoothing", "lora"]
-    expected = [m for m in chosen if summary[f"base+{m}"]["val_mean"] > base_val]
-    assert result["best_methods"] == expected
-
-
-def test_bench_recipes_paired_verdict():
-    bench_recipes = _load_script("bench_recipes")
-    assert bench_recipes.paired([0.9, 0.8, 0.85], [0.7, 0.6, 0.66])["verdict"] == (
-        "BETTER"
-    )
-    assert bench_recipes.paired([0.5, 0.9, 0.1], [0.6, 0.4, 0.3])["verdict"] == (
-        "noise"
-    )
-    assert bench_recipes.recipe_params("best", ["ema"]) == {
-        "layer_lr_decay": 1.0, "ema_decay": 0.98
-    }  # fmt: skip

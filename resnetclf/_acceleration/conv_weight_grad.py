@@ -14,7 +14,7 @@ Here, for convolutions with few output positions and many output channels, the
 weight gradient is that single product: every image's input patches (im2col,
 in channels_last order) times the output gradient. The forward pass and the
 input gradient stay with oneDNN. The result is the same gradient, summed in
-another order. ``benchmarks/bench_conv_weight_grad.py`` measures both ways.
+another order. docs/benchmarks.md has both ways measured.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 __all__ = ["gemm_weight_grads", "uses_gemm_weight_grad", "weight_grad_by_gemm"]
 
 # Where one product beats oneDNN's per-image products (2-core AVX2 CPU,
-# benchmarks/bench_conv_weight_grad.py): from about even at the edges (128
+# docs/benchmarks.md): from about even at the edges (128
 # channels on 7x7 maps) to 18x (512 channels on 1x1 maps); with fewer channels
 # or larger maps the patch copy costs more than the products save.
 MAX_OUTPUT_POSITIONS = 64
