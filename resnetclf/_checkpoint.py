@@ -20,8 +20,9 @@ import pickle
 import re
 import secrets
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import safetensors.torch
 import torch
@@ -30,7 +31,9 @@ __all__ = [
     "SAFETENSORS_SUFFIX",
     "load_state_dict_file",
     "read_safetensors",
+    "safetensors_bytes",
     "save_state_dict_atomic",
+    "write_atomic",
 ]
 
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -61,7 +64,19 @@ def save_state_dict_atomic(state_dict: Mapping[str, torch.Tensor], path) -> Path
 
     A path ending in ``.safetensors`` gets the safetensors format (no pickle);
     any other path gets ``torch.save``'s, which plain torchvision loads. The
-    tensors go to a new, uniquely named temporary file in the destination
+    write is atomic and durable, as :func:`write_atomic` says.
+    """
+    cpu_state = {key: value.detach().cpu() for key, value in state_dict.items()}
+    if Path(path).suffix == SAFETENSORS_SUFFIX:
+        return write_atomic(path, safetensors_bytes(cpu_state))
+    return write_atomic(path, lambda file: torch.save(cpu_state, file))
+
+
+def write_atomic(path, content: bytes | Callable[[BinaryIO], object]) -> Path:
+    """Write ``content`` (bytes, or a function writing to a binary file) to
+    ``path`` so that readers never see a partial file.
+
+    The bytes go to a new, uniquely named temporary file in the destination
     folder, which is flushed to disk and then renamed over ``path``; the folder
     is flushed too, so the rename itself survives a power loss. A rename within
     one file system is atomic, so a process killed mid-save leaves the previous
@@ -71,14 +86,13 @@ def save_state_dict_atomic(state_dict: Mapping[str, torch.Tensor], path) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cpu_state = {key: value.detach().cpu() for key, value in state_dict.items()}
     tmp_path, fd = _create_temporary_file(path)
     try:
         with os.fdopen(fd, "wb") as tmp_file:
-            if path.suffix == SAFETENSORS_SUFFIX:
-                tmp_file.write(safetensors_bytes(cpu_state))
+            if isinstance(content, bytes):
+                tmp_file.write(content)
             else:
-                torch.save(cpu_state, tmp_file)
+                content(tmp_file)
             tmp_file.flush()
             os.fsync(tmp_file.fileno())
         os.replace(tmp_path, path)
@@ -248,7 +262,7 @@ def _check_tensor_entries(header: dict, data_length: int, path) -> None:
                 f"{where} must be described by exactly dtype, shape and data_offsets"
             )
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in _SAFETENSORS_DTYPES:
+        if not isinstance(dtype, str) or dtype not in _SAFETENSORS_DTYPES:
             raise ValueError(
                 f"{where} has dtype {str(dtype)[:20]!r}; a ResNet state dict "
                 f"holds {', '.join(_SAFETENSORS_DTYPES)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -10,12 +11,14 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 import torchvision
 from sklearn.exceptions import NotFittedError
 
 from conftest import small_classifier
 from resnetclf import ResNetFineTuneClassifier, load_model, save_model
+from resnetclf._checkpoint import save_state_dict_atomic
 from resnetclf._persistence import ESTIMATOR_FILE, FORMAT_NAME, WEIGHTS_FILE
 
 
@@ -58,17 +61,59 @@ def saved(fitted, tmp_path_factory):
 
 def test_roundtrip_predicts_identically_and_keeps_everything(saved):
     clf, X, folder = saved
+    assert sorted(p.name for p in folder.iterdir()) == [ESTIMATOR_FILE, WEIGHTS_FILE]
     loaded = load_model(folder)
     assert np.array_equal(loaded.predict_proba(X), clf.predict_proba(X))
     assert np.array_equal(loaded.predict(X), clf.predict(X))
+    assert loaded.score(X, fitted_labels(X, clf)) == clf.score(X, fitted_labels(X, clf))
     _check_same_estimator(loaded, clf)
     assert loaded.classes_.dtype == clf.classes_.dtype
     assert loaded.history_ == clf.history_
+    # Every tensor of the network, bit for bit (the folded stem refolded).
+    expected = clf.module_.state_dict()
+    for key, value in loaded.module_.state_dict().items():
+        assert value.dtype == expected[key].dtype and torch.equal(value, expected[key])
+
+
+def fitted_labels(X, clf):
+    return clf.classes_[np.arange(len(X)) % len(clf.classes_)]
+
+
+def test_loading_never_unpickles(saved, monkeypatch):
+    clf, X, folder = saved
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_model must not unpickle anything")
+
+    for module, name in [
+        (torch, "load"),
+        (pickle, "load"),
+        (pickle, "loads"),
+        (pickle, "Unpickler"),
+    ]:
+        monkeypatch.setattr(module, name, refuse)
+    loaded = load_model(folder)
+    monkeypatch.undo()
+    assert np.array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+
+
+def test_a_loaded_model_trains_on(saved, tiny_images):
+    """Its tensors are its own (not views of read-only file bytes)."""
+    clf, _, folder = saved
+    X, y = tiny_images
+    loaded = load_model(folder).set_params(
+        warm_start=True, max_iter=1, validation_fraction=0.0, checkpoint_path=None
+    )
+    before = loaded.module_.fc.weight.detach().clone()
+    loaded.fit(X, y)  # without validation the last epoch is kept
+    assert loaded.n_iter_ == clf.n_iter_ + 1
+    assert not torch.equal(loaded.module_.fc.weight, before)
+    assert np.array_equal(load_model(folder).predict_proba(X), clf.predict_proba(X))
 
 
 def test_weights_load_into_torchvision_as_they_are(saved):
     clf, X, folder = saved
-    state_dict = torch.load(folder / WEIGHTS_FILE, weights_only=True)
+    state_dict = safetensors.torch.load_file(folder / WEIGHTS_FILE)
     model = torchvision.models.resnet18(num_classes=len(clf.classes_))
     model.load_state_dict(state_dict)  # strict: every key, every shape
     # The gray stem spread over RGB computes the same on channel-repeated input.
@@ -83,12 +128,18 @@ def test_weights_load_into_torchvision_as_they_are(saved):
 def test_json_says_what_it_holds(saved):
     clf, _, folder = saved
     document = json.loads((folder / ESTIMATOR_FILE).read_text())
-    assert document["format"] == FORMAT_NAME and document["format_version"] == 1
+    assert document["format"] == FORMAT_NAME and document["format_version"] == 2
+    assert document["weights"]["file"] == WEIGHTS_FILE == "model.safetensors"
     assert document["weights"]["num_classes"] == len(clf.classes_)
     assert document["weights"]["input_channels"] == 1
     assert document["params"]["arch"] == "resnet18"
-    assert document["attributes"]["best_epoch_"] == clf.best_epoch_
+    assert document["params"]["normalization"] == {"tuple": [0.5, 0.5]}
+    assert document["fitted"]["best_epoch_"] == clf.best_epoch_
+    assert document["fitted"]["classes_"] == {"dtype": "<i8", "values": [0, 1, 2]}
     assert set(clf.get_params()) == set(document["params"])
+    assert set(document["fitted"]) == set(vars(clf)) - set(clf.get_params()) - {
+        "module_"
+    }
 
 
 def test_rgb_bool_labels_and_unusual_parameters_roundtrip(tmp_path):
@@ -117,10 +168,11 @@ def test_rgb_bool_labels_and_unusual_parameters_roundtrip(tmp_path):
         np.array([3, 7, 11]),
         np.array([-1, 0, 1], dtype=np.int8),
         np.array(["cat", "dog", "owl"]),
-        np.array([0.5, 1.0, np.inf]),
+        np.array([0.5, 1.0, 2.5]),
+        np.array([0.5, 1.0, 2.5], dtype=np.float32),
         np.array(["a", "b", "c"], dtype=object),
     ],
-    ids=["int64", "int8", "str", "float", "object"],
+    ids=["int64", "int8", "str", "float", "float32", "object"],
 )
 def test_labels_keep_their_dtype(fitted, tmp_path, labels):
     clf = copy.deepcopy(fitted[0])
@@ -131,25 +183,42 @@ def test_labels_keep_their_dtype(fitted, tmp_path, labels):
     assert np.array_equal(loaded.predict(fitted[1]), clf.predict(fitted[1]))
 
 
-def test_any_plain_attribute_is_kept(fitted, tmp_path):
+def test_the_schema_keeps_feature_names_and_odd_history_only(fitted, tmp_path):
     clf = copy.deepcopy(fitted[0])
-    clf.feature_names_in_ = np.array(["p0", "p1"], dtype=object)
-    clf.notes_ = {"sizes": (1, 2), 3: [np.float32(0.5), None, float("nan")]}
-    clf.history_ = [dict(r, val_loss=float("nan")) for r in clf.history_]
+    clf.feature_names_in_ = np.array([f"p{i}" for i in range(240)], dtype=object)
+    clf.history_ = [
+        dict(r, val_loss=float("nan"), train_loss=float("inf"), val_score=None)
+        for r in clf.history_
+    ]
+    clf.best_score_ = float("-inf")
+    clf.notes_ = {"sizes": (1, 2)}  # not a fitted attribute the schema holds
     loaded = _roundtrip(clf, tmp_path / "model")
+    del clf.notes_
     _check_same_estimator(loaded, clf)
-    assert type(loaded.notes_["sizes"]) is tuple
-    assert type(loaded.notes_[3][0]) is np.float32
+    assert not hasattr(loaded, "notes_")
+    assert loaded.feature_names_in_.dtype == object
 
 
 @pytest.mark.parametrize(
     "change, what",
     [
         (lambda c: c.set_params(arch=lambda **kw: None), "parameter 'arch'"),
-        (lambda c: setattr(c, "extra_", object()), "attribute 'extra_'"),
-        (lambda c: setattr(c, "extra_", np.array([b"x"])), "dtype"),
+        (lambda c: c.set_params(scoring=lambda *a: 0.0), "parameter 'scoring'"),
+        (lambda c: c.set_params(tol=float("inf")), "parameter 'tol'.*finite"),
+        (lambda c: c.set_params(class_weight={object(): 1.0}), "class_weight"),
+        (lambda c: c.set_params(random_state=np.random.default_rng(0)), "Generator"),
+        (lambda c: setattr(c, "classes_", np.array([b"x", b"y"])), "dtype"),
+        (lambda c: setattr(c, "classes_", np.array([0, 1, np.inf])), "finite"),
     ],
-    ids=["callable-parameter", "object-attribute", "bytes-array"],
+    ids=[
+        "callable-arch",
+        "callable-scoring",
+        "non-finite",
+        "object-key",
+        "generator",
+        "bytes-classes",
+        "inf-classes",
+    ],
 )
 def test_what_json_cannot_hold_is_refused_before_writing(
     fitted, tmp_path, change, what
@@ -194,6 +263,12 @@ def copy_of_saved(saved, tmp_path):
     return target
 
 
+def _rehash(folder: Path) -> None:
+    """What an attacker who rewrites both files does."""
+    digest = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
+    _edit_json(folder, lambda d: d["weights"].update(sha256=digest))
+
+
 def _edit_json(folder: Path, edit) -> None:
     path = folder / ESTIMATOR_FILE
     document = json.loads(path.read_text())
@@ -215,29 +290,38 @@ class _OpensAFile:
 def test_a_pickle_with_code_never_runs(copy_of_saved, tmp_path, hash_updated):
     marker = tmp_path / "marker"
     weights = copy_of_saved / WEIGHTS_FILE
-    torch.save({"conv1.weight": _OpensAFile(marker)}, weights)
+    with open(weights, "wb") as file:  # a pickle under the safetensors name
+        torch.save({"conv1.weight": _OpensAFile(marker)}, file)
     # The file does run code when unpickled without weights_only.
-    torch.load(weights, weights_only=False)
+    with open(weights, "rb") as file:
+        torch.load(file, weights_only=False)
     assert marker.exists()
     marker.unlink()
-    if hash_updated:  # the attacker also rewrote the recorded hash
-        from resnetclf._persistence import _sha256
-
-        _edit_json(
-            copy_of_saved, lambda d: d["weights"].update(sha256=_sha256(weights))
-        )
-    with pytest.raises(ValueError, match="weights.pth"):
+    if hash_updated:
+        _rehash(copy_of_saved)
+    match = "is not a valid safetensors file" if hash_updated else "SHA-256"
+    with pytest.raises(ValueError, match=match):
         load_model(copy_of_saved)
     assert not marker.exists()
 
 
-def test_weights_of_another_network_are_refused(copy_of_saved):
-    from resnetclf._persistence import _sha256
+def test_a_version_1_folder_is_refused_with_how_to_convert(copy_of_saved, tmp_path):
+    marker = tmp_path / "marker"
+    (copy_of_saved / WEIGHTS_FILE).unlink()
+    torch.save({"conv1.weight": _OpensAFile(marker)}, copy_of_saved / "weights.pth")
+    _edit_json(copy_of_saved, lambda d: d.update(format_version=1))
+    with pytest.raises(ValueError, match="format version 1.*convert it") as error:
+        load_model(copy_of_saved)
+    assert "Saving a fitted model" in str(error.value)
+    assert not marker.exists()
 
+
+def test_weights_of_another_network_are_refused(copy_of_saved):
     weights = copy_of_saved / WEIGHTS_FILE
-    torch.save(torchvision.models.resnet18(num_classes=5).state_dict(), weights)
-    _edit_json(copy_of_saved, lambda d: d["weights"].update(sha256=_sha256(weights)))
-    with pytest.raises(ValueError, match=r"weights\.pth' does not fit.*fc\.weight"):
+    other = torchvision.models.resnet18(num_classes=5).state_dict()
+    save_state_dict_atomic(other, weights)
+    _rehash(copy_of_saved)
+    with pytest.raises(ValueError, match=r"safetensors' does not fit.*fc\.weight"):
         load_model(copy_of_saved)
 
 
@@ -245,24 +329,19 @@ def test_weights_of_another_network_are_refused(copy_of_saved):
     "edit, match",
     [
         (lambda d: d.update(format="sklearn-onnx"), "another format"),
-        (lambda d: d.update(format_version=2), "format version 2"),
+        (lambda d: d.update(format_version=3), "format version 3"),
         (lambda d: d.update(estimator="MLPClassifier"), "MLPClassifier"),
         (lambda d: d["params"].update(max_iter="many"), "max_iter"),
         (lambda d: d["params"].update(new_knob=1), "new_knob"),
-        (lambda d: d["attributes"].update(predict="x"), "predict"),
-        (lambda d: d["attributes"].update(arch_="x", weights="y"), "weights"),
-        (lambda d: d["attributes"].update(x_={"__eval__": "1"}), "__eval__"),
-        (lambda d: d["attributes"].pop("classes_"), "classes_"),
+        (lambda d: d["fitted"].update(predict="x"), "predict"),
+        (lambda d: d["fitted"].update(arch_="x", weights="y"), "weights"),
+        (lambda d: d["params"].update(tol={"__eval__": "1"}), "__eval__"),
+        (lambda d: d["fitted"].pop("classes_"), "classes_"),
         (
-            lambda d: d["attributes"]["classes_"]["__ndarray__"].update(
-                shape=[4], data=[0, 1, 2, 3]
-            ),
+            lambda d: d["fitted"]["classes_"].update(values=[0, 1, 2, 3]),
             "4 classes",
         ),
-        (
-            lambda d: d["attributes"]["classes_"]["__ndarray__"].update(dtype="|V8"),
-            "dtype",
-        ),
+        (lambda d: d["fitted"]["classes_"].update(dtype="|V8"), "dtype"),
         (lambda d: d["weights"].update(sha256="0" * 64), "SHA-256"),
     ],
     ids=[

@@ -1,0 +1,573 @@
+"""Hostile files fed to load_model, weights= and ``resnetclf predict --model``.
+
+Each must get a ValueError (the command: a failure status and one line on
+stderr) naming the file, without a large allocation and without running code:
+the payloads that would run code create a marker file, which must never appear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import struct
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import small_classifier
+from resnetclf import load_model, save_model
+from resnetclf._checkpoint import (
+    load_state_dict_file,
+    safetensors_bytes,
+    save_state_dict_atomic,
+)
+from resnetclf._persistence import ESTIMATOR_FILE, WEIGHTS_FILE
+from resnetclf.cli import main
+
+FEW = settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
+class _CreatesMarker:
+    """Unpickling it opens the marker file for writing: code that must not run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture
+def marker(tmp_path):
+    path = tmp_path / "marker"
+    yield path
+    assert not path.exists(), "a hostile file ran code"
+
+
+def _pickle_payload(marker: Path) -> bytes:
+    return pickle.dumps({"conv1.weight": _CreatesMarker(marker)})
+
+
+def _small_file() -> bytes:
+    return safetensors_bytes(
+        {"a": torch.arange(6.0).reshape(2, 3), "n": torch.tensor(2)}
+    )
+
+
+def _with_header(header, data: bytes = b"", length: int | None = None) -> bytes:
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(text) if length is None else length) + text + data
+
+
+def _refused(path: Path, match: str | None = None) -> str:
+    with pytest.raises(ValueError, match=match) as error:
+        load_state_dict_file(path)
+    message = str(error.value)
+    assert "\n" not in message and path.name in message
+    return message
+
+
+# ------------------------------------------------------ safetensors headers
+@FEW
+@given(cut=st.integers(min_value=0, max_value=len(_small_file()) - 1))
+def test_a_truncated_safetensors_file_is_refused(tmp_path, cut):
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(_small_file()[:cut])
+    _refused(path)
+
+
+@FEW
+@given(length=st.integers(min_value=0, max_value=2**64 - 1))
+def test_a_lying_header_length_allocates_nothing(tmp_path, length):
+    real = _small_file()
+    if length == struct.unpack("<Q", real[:8])[0]:
+        return
+    path = tmp_path / "lying.safetensors"
+    path.write_bytes(struct.pack("<Q", length) + real[8:])
+    tracemalloc.start()
+    try:
+        _refused(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # not the 2**64 bytes the header claims
+
+
+@pytest.mark.parametrize(
+    "length", [-1, -(2**63), 2**63, 2**40], ids=["-1", "min-int64", "2^63", "1TB"]
+)
+def test_a_huge_or_negative_header_length_is_refused(tmp_path, length):
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes(struct.pack("<q" if length < 0 else "<Q", length) + b"{}")
+    _refused(path, "header claims")
+
+
+@FEW
+@given(header=st.binary(max_size=300))
+def test_any_header_bytes_give_tensors_or_a_value_error(tmp_path, header, marker):
+    path = tmp_path / "random.safetensors"
+    path.write_bytes(_with_header(header, _pickle_payload(marker)))
+    try:
+        loaded = load_state_dict_file(path)
+    except ValueError as exc:
+        assert "\n" not in str(exc)
+    else:  # a valid header: tensors, and nothing unpickled
+        assert all(isinstance(v, torch.Tensor) for v in loaded.values())
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_entry = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(["F32", "F16", "I64", "BOOL", "F99", "U8", ""])
+        | _json,
+        "shape": st.lists(st.integers(-2, 2**40), max_size=4) | _json,
+        "data_offsets": st.lists(st.integers(-2, 2**40), max_size=3) | _json,
+    }
+)
+
+
+@FEW
+@given(entries=st.dictionaries(st.text(max_size=6), _entry | _json, max_size=3))
+def test_lying_tensor_entries_give_a_value_error(tmp_path, entries):
+    path = tmp_path / "entries.safetensors"
+    path.write_bytes(_with_header(entries, bytes(64)))
+    try:
+        loaded = load_state_dict_file(path)
+    except ValueError as exc:
+        assert "\n" not in str(exc)
+    else:  # only entries that exactly tile the 64 bytes get here
+        assert sum(v.numel() * v.element_size() for v in loaded.values()) == 64
+
+
+@pytest.mark.parametrize(
+    "header, data, match",
+    [
+        (b"not json", b"", "not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, b"", "not JSON"),
+        (
+            json.dumps({"a": {"dtype": "F32"}}).encode()[:-1] + b"[" * 50_000,
+            b"",
+            "not JSON",
+        ),
+        (b'{"a": NaN}', b"", "not JSON"),
+        ([1, 2], b"", "JSON list"),
+        ({"__metadata__": {"k": [1]}}, b"", "__metadata__"),
+        (
+            {"a": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 8]}},
+            bytes(8),
+            "declares shape",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [2**62, 2**62], "data_offsets": [0, 8]}},
+            bytes(8),
+            "declares shape",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}},
+            bytes(8),
+            "shape",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}},
+            bytes(8),
+            "data_offsets",
+        ),
+        (
+            {"a": {"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}},
+            bytes(8),
+            "dtype 'F99'",
+        ),
+        (
+            {"a": {"dtype": "BOOL", "shape": [8], "data_offsets": [0, 8]}},
+            bytes(8),
+            "dtype 'BOOL'",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "x": 1}},
+            bytes(8),
+            "exactly",
+        ),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            },
+            bytes(8),
+            "overlap",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
+            bytes(8),
+            "after the last",
+        ),
+    ],
+    ids=[
+        "not-json",
+        "deeply-nested",
+        "nested-entry",
+        "nan",
+        "a-list",
+        "metadata",
+        "shape-vs-bytes",
+        "huge-shape",
+        "negative-shape",
+        "offsets-past-the-end",
+        "unknown-dtype",
+        "bool-dtype",
+        "extra-field",
+        "overlapping",
+        "trailing-bytes",
+    ],
+)
+def test_malformed_headers_are_refused(tmp_path, header, data, match):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(_with_header(header, data))
+    _refused(path, match)
+
+
+def test_a_pickle_under_any_name_never_runs(tmp_path, marker, monkeypatch):
+    for name in ("evil.safetensors", "evil.pth"):
+        path = tmp_path / name
+        path.write_bytes(_pickle_payload(marker))
+        _refused(path)
+    # A torch zip with a code-running object, read on an old torch: refused
+    # before torch.load is reached.
+    path = tmp_path / "evil.pt"
+    torch.save({"w": _CreatesMarker(marker)}, path)
+    monkeypatch.setattr(torch, "__version__", "2.9.1")
+    _refused(path, "CVE-2025-32434 and CVE-2026-24747.*use .safetensors")
+
+
+# ----------------------------------------------------------------- weights=
+@pytest.fixture(scope="module")
+def resnet18_tensors():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=3).state_dict()
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda sd: sd.pop("layer1.0.conv1.weight"), "missing keys"),
+        (lambda sd: sd.update(extra=torch.zeros(2)), "unexpected keys"),
+        (lambda sd: sd.update({"fc.bias": torch.zeros(7)}), "shape"),
+        (
+            lambda sd: sd.update({"bn1.weight": torch.zeros(64, dtype=torch.int8)}),
+            "I8|int8",
+        ),
+    ],
+    ids=["missing-key", "extra-key", "wrong-shape", "wrong-dtype"],
+)
+def test_weights_that_do_not_fit_are_refused_before_training(
+    tmp_path, tiny_images, resnet18_tensors, edit, match
+):
+    state_dict = dict(resnet18_tensors)
+    edit(state_dict)
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(safetensors_bytes(state_dict))
+    X, y = tiny_images
+    clf = small_classifier(weights=str(path), max_iter=1)
+    with pytest.raises(ValueError, match=match):
+        clf.fit(X, y)
+    assert not hasattr(clf, "module_")
+
+
+def test_truncated_weights_are_refused_before_training(
+    tmp_path, tiny_images, resnet18_tensors
+):
+    data = safetensors_bytes(resnet18_tensors)
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(data[: len(data) // 3])
+    X, y = tiny_images
+    with pytest.raises(ValueError, match="cut.safetensors"):
+        small_classifier(weights=path).fit(X, y)
+
+
+def test_safetensors_weights_train_like_the_same_pth(
+    tmp_path, tiny_images, resnet18_tensors
+):
+    X, y = tiny_images
+    pth = save_state_dict_atomic(resnet18_tensors, tmp_path / "w.pth")
+    safe = save_state_dict_atomic(resnet18_tensors, tmp_path / "w.safetensors")
+    a = small_classifier(weights=str(pth), max_iter=1).fit(X, y)
+    b = small_classifier(weights=str(safe), max_iter=1).fit(X, y)
+    assert np.array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+# -------------------------------------------------------------- load_model
+@pytest.fixture(scope="module")
+def saved_folder(fitted, tmp_path_factory):
+    return save_model(fitted[0], tmp_path_factory.mktemp("hostile") / "model")
+
+
+def _folder_with(tmp_path: Path, saved_folder: Path, text=None, weights=None) -> Path:
+    """A model folder whose JSON and weights are ``text`` and ``weights`` (bytes),
+    or the saved ones (the weights linked, not copied)."""
+    folder = tmp_path / "model"
+    folder.mkdir(exist_ok=True)
+    (folder / ESTIMATOR_FILE).write_text(
+        text if text is not None else (saved_folder / ESTIMATOR_FILE).read_text()
+    )
+    target = folder / WEIGHTS_FILE
+    target.unlink(missing_ok=True)
+    if weights is None:
+        target.symlink_to(saved_folder / WEIGHTS_FILE)
+    else:
+        target.write_bytes(weights)
+    return folder
+
+
+def _document(saved_folder: Path) -> dict:
+    return json.loads((saved_folder / ESTIMATOR_FILE).read_text())
+
+
+def _with_hash(document: dict, weights: bytes) -> str:
+    document["weights"]["sha256"] = hashlib.sha256(weights).hexdigest()
+    return json.dumps(document)
+
+
+def _load_refused(folder: Path, match: str | None = None) -> str:
+    with pytest.raises(ValueError, match=match) as error:
+        load_model(folder)
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+def _paths(value, prefix=()):
+    """Every place in a JSON document, as key paths."""
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value[:3]):
+            yield from _paths(item, (*prefix, index))
+
+
+@pytest.fixture(scope="module")
+def document_paths(saved_folder):
+    return [p for p in _paths(_document(saved_folder)) if p]
+
+
+@FEW
+@given(data=st.data())
+def test_any_json_value_anywhere_loads_or_gives_a_value_error(
+    tmp_path, saved_folder, document_paths, data
+):
+    document = _document(saved_folder)
+    where = data.draw(st.sampled_from(document_paths))
+    parent = document
+    for key in where[:-1]:
+        parent = parent[key]
+    parent[where[-1]] = data.draw(_json)
+    folder = _folder_with(tmp_path, saved_folder, text=json.dumps(document))
+    try:
+        loaded = load_model(folder)
+    except ValueError as exc:
+        assert "\n" not in str(exc) and "estimator.json" in str(exc)
+    else:  # a value the schema allows there (a history entry, say)
+        assert len(loaded.classes_) == 3
+
+
+@pytest.mark.parametrize(
+    "old, new, match",
+    [
+        ('"max_iter": 3', '"max_iter": ' + "9" * 5000, "not plain JSON"),
+        ('"max_iter": 3', '"max_iter": ' + "9" * 30, "int64 range"),
+        ('"max_iter": 3', '"max_iter": 1e999', "not a finite number"),
+        ('"tol": 0.0', '"tol": NaN', "not plain JSON"),
+        ('"tol": 0.0', '"tol": -Infinity', "not plain JSON"),
+        ('"best_score_": ', '"best_score_": Infinity, "x": ', "not plain JSON"),
+        ('"max_iter": 3', '"max_iter": 3, "__class__": "os.system"', "__class__"),
+        (
+            '"tol": 0.0',
+            '"tol": {"__reduce__": ["os.system", ["touch x"]]}',
+            "unknown parameter type",
+        ),
+        ('"arch": "resnet18"', '"arch": "/tmp/evil.py"', "arch must be one of"),
+        ('"arch": "resnet18"', '"arch": {"path": "/tmp/evil.py"}', "arch"),
+        (
+            '"file": "model.safetensors"',
+            '"file": "../../etc/passwd"',
+            "must name model.safetensors",
+        ),
+        (
+            '"file": "model.safetensors"',
+            '"file": "/tmp/other.safetensors"',
+            "must name model.safetensors",
+        ),
+        (
+            '"format_version": 2',
+            '"format_version": 2, "loader": "pickle"',
+            "unexpected keys",
+        ),
+        (
+            '"layout": "torchvision"',
+            '"layout": "torchvision", "mmap": true',
+            "unexpected keys",
+        ),
+        ('"n_iter_": 3', '"n_iter_": 3, "module_": "x"', "module_"),
+        ('"n_iter_": 3', '"n_iter_": -3', "n_iter_|int >= 0"),
+        ('"dtype": "<i8"', '"dtype": "<i8", "pickle": true', "unexpected keys"),
+        ('"dtype": "<i8"', '"dtype": "|O"', ""),
+        ('"dtype": "<i8"', '"dtype": "<M8[s]"', "plain dtype"),
+        ('"dtype": "<i8"', '"dtype": "|u1"', ""),
+        (
+            '"estimator": "ResNetFineTuneClassifier"',
+            '"estimator": "Pipeline"',
+            "Pipeline",
+        ),
+    ],
+    ids=[
+        "5000-digits",
+        "huge-int",
+        "1e999",
+        "nan",
+        "-infinity",
+        "infinity",
+        "extra-param",
+        "reduce-tag",
+        "arch-path",
+        "arch-tag",
+        "weights-outside",
+        "weights-absolute",
+        "extra-top-key",
+        "extra-weights-key",
+        "module-attribute",
+        "negative-count",
+        "extra-classes-key",
+        "object-classes",
+        "date-classes",
+        "uint8-classes",
+    ]
+    + ["another-estimator"],
+)
+def test_hostile_estimator_json_is_refused(tmp_path, saved_folder, old, new, match):
+    text = (saved_folder / ESTIMATOR_FILE).read_text()
+    compact = json.dumps(json.loads(text))  # one known spacing
+    assert old in compact, old
+    folder = _folder_with(tmp_path, saved_folder, text=compact.replace(old, new, 1))
+    if new in ('"dtype": "|O"', '"dtype": "|u1"'):
+        # Labels 0, 1, 2 as objects or uint8 are valid: they load, as those types.
+        assert load_model(folder).classes_.dtype == np.dtype(new.split('"')[3])
+        return
+    message = _load_refused(folder, match)
+    assert "estimator.json" in message
+
+
+def test_paths_in_parameters_are_never_opened(tmp_path, saved_folder, marker):
+    document = _document(saved_folder)
+    document["params"]["weights"] = {"path": str(marker)}
+    document["params"]["checkpoint_path"] = str(marker)
+    loaded = load_model(_folder_with(tmp_path, saved_folder, text=json.dumps(document)))
+    assert loaded.get_params()["weights"] == marker  # kept as a value, not read
+
+
+def test_weights_swapped_with_another_models_are_caught_by_the_hash(
+    tmp_path, saved_folder, resnet18_tensors
+):
+    # The same architecture and class count: only the hash tells them apart.
+    other = save_state_dict_atomic(resnet18_tensors, tmp_path / "other.safetensors")
+    folder = _folder_with(tmp_path, saved_folder, weights=other.read_bytes())
+    _load_refused(folder, "SHA-256 differs")
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda sd: sd.pop("layer1.0.conv1.weight"), "1 missing tensors"),
+        (lambda sd: sd.update(extra=torch.zeros(2)), "1 unexpected tensors: extra"),
+        (lambda sd: sd.update({"fc.bias": torch.zeros(4)}), "wrong shape or dtype"),
+        (lambda sd: sd.update({"fc.bias": sd["fc.bias"].double()}), "torch.float64"),
+    ],
+    ids=["missing", "extra", "shape", "dtype"],
+)
+def test_rehashed_weights_that_do_not_fit_are_refused(
+    tmp_path, saved_folder, edit, match
+):
+    state_dict = load_state_dict_file(saved_folder / WEIGHTS_FILE)
+    edit(state_dict)
+    weights = safetensors_bytes(state_dict)
+    text = _with_hash(_document(saved_folder), weights)
+    folder = _folder_with(tmp_path, saved_folder, text=text, weights=weights)
+    _load_refused(folder, match)
+
+
+@settings(FEW, max_examples=12)
+@given(cut=st.integers(min_value=0, max_value=20_000) | st.integers(0, 44_000_000))
+def test_rehashed_truncated_weights_are_refused(tmp_path, saved_folder, cut):
+    weights = (saved_folder / WEIGHTS_FILE).read_bytes()[:cut]
+    text = _with_hash(_document(saved_folder), weights)
+    folder = _folder_with(tmp_path, saved_folder, text=text, weights=weights)
+    _load_refused(folder, "model.safetensors")
+
+
+# ------------------------------------------------------------ the command
+def _predict(tmp_path: Path, folder: Path, capsys) -> tuple[int, str]:
+    images = tmp_path / "images.npy"
+    np.save(images, np.zeros((2, 12, 20), dtype=np.uint8))
+    capsys.readouterr()
+    status = main(
+        [
+            "predict",
+            "--model",
+            str(folder),
+            "--images",
+            str(images),
+            "--out",
+            str(tmp_path / "p.csv"),
+        ]
+    )
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "case", ["pickle-weights", "lying-header", "bad-json", "swapped", "deep-json"]
+)
+def test_the_predict_command_refuses_hostile_models_in_one_line(
+    tmp_path, saved_folder, resnet18_tensors, marker, capsys, case
+):
+    if case == "pickle-weights":
+        folder = _folder_with(tmp_path, saved_folder, weights=_pickle_payload(marker))
+    elif case == "lying-header":
+        weights = struct.pack("<Q", 2**62) + b"{}"
+        text = _with_hash(_document(saved_folder), weights)
+        folder = _folder_with(tmp_path, saved_folder, text=text, weights=weights)
+    elif case == "bad-json":
+        folder = _folder_with(tmp_path, saved_folder, text='{"format": NaN}')
+    elif case == "swapped":
+        weights = safetensors_bytes(resnet18_tensors)
+        folder = _folder_with(tmp_path, saved_folder, weights=weights)
+    else:
+        folder = _folder_with(tmp_path, saved_folder, text="[" * 100_000)
+    status, err = _predict(tmp_path, folder, capsys)
+    # 1 is the command's status for "the model cannot be read" (cli.main).
+    assert status in (1, 2)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("resnetclf: error:"), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_the_predict_command_runs_a_sound_model(tmp_path, saved_folder, capsys):
+    status, err = _predict(tmp_path, _folder_with(tmp_path, saved_folder), capsys)
+    assert status == 0, err
+    assert (tmp_path / "p.csv").exists()
