@@ -112,8 +112,9 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         ``arch`` (``"IMAGENET1K_V1"``, ``"IMAGENET1K_V2"``), fetched through
         torchvision's cache (``TORCH_HOME``); a path to a state dict in
         torchvision's layout (a checkpoint written by this estimator loads too,
-        and resumes its head when the class count matches), always read with
-        ``torch.load(weights_only=True)``; or None for random initialisation.
+        and resumes its head when the class count matches), a ``.safetensors``
+        file or a ``.pth`` one (read with ``torch.load(weights_only=True)``, on
+        torch >= 2.10 only); or None for random initialisation.
         Without a network and an empty cache, ``fit`` fails at once with
         :class:`~resnetclf.WeightsUnavailableError`, which says how to go on.
     max_iter : int, default=50
@@ -180,7 +181,8 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         improves (the report's ``resnet-step.pth``; without validation data,
         after every epoch). Written atomically in
         torchvision's layout: ``torchvision.models.<arch>(num_classes=n)``
-        loads it as it is.
+        loads it as it is; a path ending in ``.safetensors`` gets the
+        safetensors format (no pickle), any other ``torch.save``'s.
     device : str or torch.device, default="auto"
         ``"auto"`` takes CUDA when available, else the CPU. Prediction runs on
         the device this names at call time, so a model fitted on a GPU predicts
