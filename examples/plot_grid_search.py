@@ -28,7 +28,7 @@ digits = load_digits()
 X_search, X_test, y_search, y_test = train_test_split(
     digits.images / 16.0,
     digits.target,
-    train_size=900,
+    train_size=150 if QUICK else 900,
     stratify=digits.target,
     random_state=0,
 )

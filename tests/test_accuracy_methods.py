@@ -305,13 +305,13 @@ def test_ema_keeps_the_averaged_weights(data, weights_file, tmp_path):
     # A decay this close to 1 keeps the average at the starting weights.
     clf = small_classifier(
         weights=str(weights_file),
-        max_iter=2,
+        max_iter=1,
         ema_decay=1 - 1e-9,
         validation_fraction=0,
         checkpoint_path=str(checkpoint),
     ).fit(X, y)
     plain = small_classifier(
-        weights=str(weights_file), max_iter=2, validation_fraction=0
+        weights=str(weights_file), max_iter=1, validation_fraction=0
     ).fit(X, y)
     name = "layer2.0.conv1.weight"
     torch.testing.assert_close(clf.module_.state_dict()[name], initial[name])

@@ -210,9 +210,11 @@ def test_folded_stem_trains_step_for_step_like_repeated_gray(
     # The report repeats the gray channel into an RGB network; fit folds the
     # stem instead. With the folded kernel's rate and decay scaled by 3 and
     # 1/3, training follows the RGB network exactly, not just the first forward.
+    # A ResNet of one block per stage has every stage the rule scales: the
+    # stem, layer1..4 and fc.
     torch.manual_seed(0)
-    rgb = torchvision.models.resnet18(num_classes=4).double()
-    folded = build_resnet("resnet18", None, 4, in_channels=1).double()
+    rgb = small_resnet(num_classes=4).double()
+    folded = build_resnet(small_resnet, None, 4, in_channels=1).double()
     folded.load_state_dict(
         {**rgb.state_dict(), "conv1.weight": rgb.conv1.weight.sum(1, keepdim=True)}
     )
