@@ -100,7 +100,8 @@ With labels, the accuracy is printed and written, with per-class precision
 and recall, to a JSON file next to --out (predictions.csv ->
 predictions.metrics.json).
 
-exit status: 0 done; 1 model or images unreadable; 2 bad arguments."""
+exit status: 0 done; 1 images unreadable; 2 bad arguments, or a --model
+that cannot be read or is refused (a hostile or damaged model folder)."""
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -572,8 +573,9 @@ def predict(args: argparse.Namespace) -> int:
     try:
         clf = load_model(args.model)
     except (OSError, ValueError) as exc:
+        # A model that cannot be read is a bad --model, as a bad option is.
         _error(f"could not load the model: {exc}")
-        return 1
+        return 2
     clf.set_params(device=args.device)
     if args.batch_size is not None:
         clf.set_params(batch_size=args.batch_size)

@@ -151,7 +151,7 @@ def test_predict_from_a_merged_folder_to_npy(trained, tmp_path):
 def test_predict_reports_a_model_it_cannot_load(tmp_path, capsys):
     np.save(tmp_path / "X.npy", np.zeros((2, 20, 84), np.uint8))
     argv = ["predict", "--model", str(tmp_path), "--images", str(tmp_path / "X.npy")]
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert "could not load the model" in capsys.readouterr().err
 
 
