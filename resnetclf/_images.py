@@ -413,5 +413,10 @@ def _as_tensor_on(X: np.ndarray, device: torch.device) -> torch.Tensor:
     with warnings.catch_warnings():
         # A read-only array (a memmap, say) is fine: it is only ever read.
         warnings.filterwarnings("ignore", message=".*not writable.*")
-        tensor = torch.from_numpy(np.ascontiguousarray(X))
+        contiguous = np.ascontiguousarray(X)
+        if any(stride < 0 for stride in contiguous.strides):
+            # numpy calls an axis of length 1 contiguous whatever its stride,
+            # so a reversed single image stays reversed; torch refuses that.
+            contiguous = contiguous.copy()
+        tensor = torch.from_numpy(contiguous)
     return tensor.to(device)

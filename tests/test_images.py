@@ -159,3 +159,17 @@ def test_auto_residency_stays_off_the_cpu():
     )
     images.get(np.array([0, 1]))
     assert not images.is_resident
+
+
+def test_a_reversed_single_image_can_be_resident():
+    """numpy keeps a negative stride on an axis of length 1 (found by the
+    property tests); a resident copy must still be readable by torch."""
+    X = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(1, 4, 5, 3)[::-1]
+    assert X.strides[0] < 0
+    layout = infer_layout(X.shape)
+    batches = ImageBatches(
+        X, layout, torch.device("cpu"), (0.5,) * 3, (0.5,) * 3, 3, resident=True
+    )
+    got = batches.get(np.array([0]))
+    want = (torch.from_numpy(X.copy()).permute(0, 3, 1, 2) / 255 - 0.5) / 0.5
+    torch.testing.assert_close(got, want.float())
