@@ -48,6 +48,8 @@ validation accuracy against epochs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import math
 import platform
@@ -57,6 +59,7 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -69,6 +72,7 @@ from _suite import BenchConfig  # noqa: E402
 from standin import CACHE_DIR, StandinConfig, digit_halves, make_standin  # noqa: E402
 
 from resnetclf import ResNetFineTuneClassifier, train_val_test_split  # noqa: E402
+from resnetclf._param_groups import make_optimizer  # noqa: E402
 from resnetclf.datasets import make_digit_sums  # noqa: E402
 
 TASKS = {
@@ -93,6 +97,59 @@ METHODS: dict[str, dict[str, Any]] = {
     "class_weight=balanced": {"class_weight": "balanced"},
     "scoring=balanced_accuracy": {"scoring": "balanced_accuracy"},
 }
+
+
+class _NearestSampling:
+    """``torch.nn.functional`` with ``grid_sample`` by nearest neighbour, as
+    torchvision's ``RandomRotation`` samples by default."""
+
+    def __getattr__(self, name: str):
+        return getattr(torch.nn.functional, name)
+
+    @staticmethod
+    def grid_sample(*args, **kwargs):
+        return torch.nn.functional.grid_sample(*args, **{**kwargs, "mode": "nearest"})
+
+
+def _unfused_adam(name, groups, device):
+    """torch's default Adam implementation over the library's groups."""
+    return torch.optim.Adam(groups)
+
+
+def _decay_everything(name, groups, device):
+    """The library's optimizer with weight decay on norms and biases too."""
+    decay = max(group["weight_decay"] for group in groups)
+    for group in groups:
+        group["weight_decay"] = decay
+    return make_optimizer(name, groups, device)
+
+
+# The library with one difference from the report loop taken away, to find
+# which one a gap between them comes from: "<recipe>@<variant>[+<variant>]".
+# Each patch is (module, attribute, value).
+LIBRARY_VARIANTS: dict[str, tuple[tuple[str, str, Any], ...]] = {
+    "unfused_adam": (("resnetclf._estimator", "_make_optimizer", _unfused_adam),),
+    "decay_all": (("resnetclf._estimator", "_make_optimizer", _decay_everything),),
+    "nearest_rotation": (("resnetclf._images", "F", _NearestSampling()),),
+}
+
+
+@contextlib.contextmanager
+def library_variants(names: list[str]):
+    """Patch the library as the variants ``names`` say for the block."""
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            for module, attribute, value in LIBRARY_VARIANTS[name]:
+                target = importlib.import_module(module)
+                stack.enter_context(mock.patch.object(target, attribute, value))
+        yield
+
+
+def split_variants(name: str) -> tuple[str, list[str]]:
+    """``(recipe, variants)`` of a name such as ``defaults@unfused_adam``."""
+    recipe, _, variants = name.partition("@")
+    return recipe, variants.split("+") if variants else []
+
 
 DEFAULT_RECIPES = [
     "report_loop",
@@ -123,6 +180,10 @@ def split_recipe(name: str) -> tuple[bool, str]:
 def recipe_params(name: str, chosen: list[str]) -> dict[str, Any] | None:
     """Estimator parameters of recipe ``name``; None for the report loop."""
     _, name = split_recipe(name)
+    name, variants = split_variants(name)
+    unknown = [v for v in variants if v not in LIBRARY_VARIANTS]
+    if unknown or (variants and name == "report_loop"):
+        raise ValueError(f"unknown recipe {name}@{'+'.join(variants)!r}")
     if name == "report_loop":
         return None
     if name == "defaults":
@@ -201,7 +262,8 @@ def run_recipe(name, params, data, split, args, seed, weights) -> dict[str, Any]
                 random_state=seed,
                 **params,
             )
-            with warnings.catch_warnings():
+            variants = split_variants(split_recipe(name)[1])[1]
+            with warnings.catch_warnings(), library_variants(variants):
                 warnings.simplefilter("ignore")
                 clf.fit(
                     X[split.train],
@@ -322,6 +384,18 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merged_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Saved runs of one task and seeds as one result, summarised anew (so
+    older files get every column too)."""
+    first = results[0]
+    keys = ("task", "n_samples", "epochs", "seeds", "height", "width")
+    for other in results[1:]:
+        if any(other["config"][k] != first["config"][k] for k in keys):
+            raise ValueError(f"runs to merge must share {', '.join(keys)}")
+    runs = {name: r for result in results for name, r in result["runs"].items()}
+    return {**first, "runs": runs, "summary": summarise(runs)}
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """The summary as the docs show it: a Markdown table."""
     lines = [
@@ -360,20 +434,25 @@ def plot_curves(result: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, row in result["summary"].items():
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.get_cmap("tab20").colors
+    for i, (name, row) in enumerate(result["summary"].items()):
         curve = row["val_accuracy_per_epoch_mean"]
         style = "--" if name.startswith("scratch:") else "-"
-        ax.plot(range(1, len(curve) + 1), curve, style, marker="o", label=name)
+        ax.plot(
+            range(1, len(curve) + 1), curve, style, marker="o", label=name,
+            color=colours[i % len(colours)],
+        )  # fmt: skip
     config = result["config"]
     ax.set(
         xlabel="epoch",
         ylabel=f"validation accuracy (mean of {config['seeds']} seeds)",
         title=f"{config['task']}, {config['height']}x{config['width']}, "
-        f"{config['n_samples']} images, from the {config['init']}",
+        f"{config['n_samples']} images, "
+        + ("from the stand-in" if config["init"] == "standin" else "from scratch"),
     )
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -417,16 +496,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--recipes",
-        default=",".join(DEFAULT_RECIPES),
-        help="comma-separated recipe names, in running order",
+        help="comma-separated recipe names, in running order (default: every "
+        "recipe above; the scratch: references only with --init standin)",
     )
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--plot", type=Path, help="validation curves (PNG)")
     parser.add_argument(
         "--markdown",
         type=Path,
+        nargs="+",
         metavar="JSON",
-        help="print a saved run's table in Markdown (and plot it with --plot); "
+        help="print saved runs' table in Markdown (and plot it with --plot); "
+        "several files of the same task and seeds are compared as one run; "
         "trains nothing",
     )
     return parser
@@ -435,7 +516,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
     if args.markdown:
-        result = json.loads(args.markdown.read_text())
+        result = merged_results([json.loads(p.read_text()) for p in args.markdown])
         print(markdown_table(result))
         if args.plot:
             plot_curves(result, args.plot)
@@ -446,7 +527,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             task[key] = getattr(args, key)
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = args.recipes.split(",")
+    if args.recipes:
+        names = args.recipes.split(",")
+    else:
+        names = [
+            name
+            for name in DEFAULT_RECIPES
+            if args.init == "standin" or not split_recipe(name)[0]
+        ]
     given_best = args.best.split(",") if args.best else None
     for name in [*names, *(f"defaults+{m}" for m in given_best or [])]:
         recipe_params(name, [])  # unknown names fail before any training

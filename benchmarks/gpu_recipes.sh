@@ -3,8 +3,8 @@
 # four-digit sums at 40x168 (37 classes), 30,000 images, 30 epochs, one seed
 # per recipe, ResNet18 then ResNet50; from a stand-in backbone pretrained on
 # the device at a matching size (single digits of the source half at 40x40),
-# and from random initialisation at the same budget. gpu_session.sh runs it
-# last (PART=recipes runs it alone); logs and JSON go to OUT_DIR.
+# and from random initialisation at the same budget. `PART=recipes bash
+# benchmarks/gpu_session.sh OUT_DIR` runs it; logs and JSON go to OUT_DIR.
 #
 #   bash benchmarks/gpu_recipes.sh OUT_DIR
 #

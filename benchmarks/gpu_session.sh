@@ -9,9 +9,14 @@
 #
 # SAMPLES (default 4096) sets the images of each timed fit; VARIANTS the
 # library variants fitted besides it (bench_fit.py --variants; default
-# no_cuda_graphs).
+# no_cuda_graphs). PART=recipes runs instead the fine-tuning recipes at the
+# report's scale (gpu_recipes.sh, about 10 minutes: one device session holds
+# one part or the other, not both).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_session.sh OUT_DIR}
+if [[ ${PART:-speed} == recipes ]]; then
+    exec bash "$(dirname "$0")/gpu_recipes.sh" "$out"
+fi
 samples=${SAMPLES:-4096}
 variants=${VARIANTS:-no_cuda_graphs}
 python=${PYTHON:-python3}

@@ -226,3 +226,55 @@ def test_gpu_recipes_script_parses():
         ["bash", "-n", str(BENCHMARKS / "gpu_recipes.sh")], capture_output=True
     )
     assert checked.returncode == 0, checked.stderr
+
+
+def test_library_variants_change_what_they_name():
+    recipes = _load("bench_recipes")
+    import resnetclf._images as images
+
+    assert recipes.recipe_params("defaults@unfused_adam+decay_all", []) == {}
+    for bad in ("defaults@nope", "report_loop@unfused_adam"):
+        with pytest.raises(ValueError, match="unknown recipe"):
+            recipes.recipe_params(bad, [])
+    x = torch.rand(2, 1, 12, 20, generator=torch.Generator().manual_seed(0))
+    angles = torch.tensor([0.3, -0.2])
+    with recipes.library_variants(["nearest_rotation"]):
+        nearest = images.rotate(x, angles)
+    bilinear = images.rotate(x, angles)
+    # Nearest neighbour only copies pixels (or fills 0); bilinear mixes them.
+    assert torch.isin(nearest[nearest > 0], x).all()
+    assert not torch.isin(bilinear[bilinear > 0], x).all()
+    groups = [
+        {"params": [torch.nn.Parameter(torch.zeros(2))], "weight_decay": 1e-4},
+        {"params": [torch.nn.Parameter(torch.zeros(2))], "weight_decay": 0.0},
+    ]
+    optimizer = recipes._decay_everything("adam", groups, torch.device("cpu"))
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-4, 1e-4]
+    plain = recipes._unfused_adam("adam", groups, torch.device("cpu"))
+    assert not plain.defaults["fused"]
+
+
+def test_saved_runs_merge_into_one_table(tmp_path):
+    recipes = _load("bench_recipes")
+
+    def saved(names, test):
+        runs = {
+            n: [
+                {"val_accuracy": 0.5, "test_accuracy": t, "seconds_per_step": 1.0,
+                 "val_accuracy_per_epoch": [0.5], "n_trainable_params": 10}
+                for t in test
+            ]
+            for n in names
+        }  # fmt: skip
+        config = {"task": "sums2", "n_samples": 60, "epochs": 1, "seeds": 2,
+                  "height": 12, "width": 40}  # fmt: skip
+        return {"config": config, "runs": runs}
+
+    merged = recipes.merged_results(
+        [saved(["report_loop"], [0.5, 0.6]), saved(["defaults"], [0.3, 0.35])]
+    )
+    assert merged["summary"]["defaults"]["vs_report_loop"]["verdict"] == "WORSE"
+    other = saved(["defaults"], [0.3, 0.35])
+    other["config"]["seeds"] = 3
+    with pytest.raises(ValueError, match="must share"):
+        recipes.merged_results([saved(["report_loop"], [0.5, 0.6]), other])
