@@ -131,6 +131,13 @@ LIBRARY_VARIANTS: dict[str, tuple[tuple[str, str, Any], ...]] = {
     "unfused_adam": (("resnetclf._estimator", "_make_optimizer", _unfused_adam),),
     "decay_all": (("resnetclf._estimator", "_make_optimizer", _decay_everything),),
     "nearest_rotation": (("resnetclf._images", "F", _NearestSampling()),),
+    # Gray images fed to an RGB stem as three repeated channels, as the
+    # report loop does, instead of folding the stem to one channel.
+    "rgb_stem": (("resnetclf._estimator", "model_input_channels", lambda *a: 3),),
+    # Every weight gradient from oneDNN, none as one product over the batch.
+    "onednn_weight_grads": (
+        ("resnetclf._acceleration.conv_weight_grad", "MAX_OUTPUT_POSITIONS", 0),
+    ),
 }
 
 
