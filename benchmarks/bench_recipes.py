@@ -285,6 +285,7 @@ def run_recipe(name, params, data, split, args, seed, weights) -> dict[str, Any]
     print(f"  seed {seed} {name:<36} val {max(curve):.3f} test {test:.3f} "
           f"({seconds:.0f} s)", file=sys.stderr)  # fmt: skip
     return {
+        "seed": seed,
         "val_accuracy": max(curve),
         "test_accuracy": test,
         "val_accuracy_per_epoch": curve,
@@ -298,9 +299,10 @@ def run_recipe(name, params, data, split, args, seed, weights) -> dict[str, Any]
 
 def paired(a: list[float], b: list[float]) -> dict[str, Any]:
     """Mean of ``a - b`` over seeds, its standard error, and the verdict."""
-    differences = [x - y for x, y in zip(a, b)]
+    differences = [x - y for x, y in zip(a, b)]  # the seeds both ran
+    n = len(differences)
     mean = statistics.fmean(differences)
-    se = statistics.stdev(differences) / math.sqrt(len(a)) if len(a) > 1 else math.nan
+    se = statistics.stdev(differences) / math.sqrt(n) if n > 1 else math.nan
     verdict = "noise" if not abs(mean) > 2 * se else ("BETTER" if mean > 0 else "WORSE")
     return {"difference": mean, "standard_error": se, "verdict": verdict}
 
@@ -392,15 +394,21 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def merged_results(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Saved runs of one task and seeds as one result, summarised anew (so
-    older files get every column too)."""
+    """Saved runs of one task as one result, summarised anew (so older files
+    get every column too). Runs of a recipe in several files are joined in
+    file order: give the files of later seeds after those of earlier ones,
+    so that the seeds pair up."""
     first = results[0]
-    keys = ("task", "n_samples", "epochs", "seeds", "height", "width")
+    keys = ("task", "n_samples", "epochs", "height", "width")
     for other in results[1:]:
         if any(other["config"][k] != first["config"][k] for k in keys):
             raise ValueError(f"runs to merge must share {', '.join(keys)}")
-    runs = {name: r for result in results for name, r in result["runs"].items()}
-    return {**first, "runs": runs, "summary": summarise(runs)}
+    runs: dict[str, list[dict]] = {}
+    for result in results:
+        for name, recipe_runs in result["runs"].items():
+            runs.setdefault(name, []).extend(recipe_runs)
+    config = {**first["config"], "seeds": max(len(r) for r in runs.values())}
+    return {**first, "config": config, "runs": runs, "summary": summarise(runs)}
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -483,7 +491,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, help="default: the task's")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..seeds-1")
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds")
+    parser.add_argument("--first-seed", type=int, default=0, help="default: 0")
     parser.add_argument(
         "--report-decay",
         type=float,
@@ -568,7 +577,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             chosen = given_best if given_best is not None else choose_best(runs)
         from_scratch = split_recipe(name)[0] or standin is None
         weights = None if from_scratch else standin.path
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             X, y = make_digit_sums(
                 task["n_samples"],
                 task["n_digits"],

@@ -274,7 +274,16 @@ def test_saved_runs_merge_into_one_table(tmp_path):
         [saved(["report_loop"], [0.5, 0.6]), saved(["defaults"], [0.3, 0.35])]
     )
     assert merged["summary"]["defaults"]["vs_report_loop"]["verdict"] == "WORSE"
+    # Later seeds of the same recipes join the earlier ones, in order.
+    more = recipes.merged_results(
+        [saved(["report_loop", "defaults"], [0.5, 0.6]),
+         saved(["report_loop", "defaults"], [0.7, 0.8])]
+    )  # fmt: skip
+    assert [r["test_accuracy"] for r in more["runs"]["defaults"]] == [
+        0.5, 0.6, 0.7, 0.8
+    ]  # fmt: skip
+    assert more["config"]["seeds"] == 4
     other = saved(["defaults"], [0.3, 0.35])
-    other["config"]["seeds"] = 3
+    other["config"]["epochs"] = 3
     with pytest.raises(ValueError, match="must share"):
         recipes.merged_results([saved(["report_loop"], [0.5, 0.6]), other])
