@@ -357,40 +357,25 @@ def _max_mb(values) -> float | None:
     return max(known) / 2**20 if known else None
 
 
-def format_table(result: dict[str, Any]) -> str:
+def describe(result: dict[str, Any]) -> str:
+    """What was run, in a line or two, for the table's heading."""
     config = result["config"]
-    lines = [
+    text = (
         f"task {config['task']}: {config['arch']} {config['height']}x"
         f"{config['width']}, {config['n_samples']} images (80/10/10), "
-        f"{config['epochs']} epochs, seeds {config['seeds']}, init "
-        f"{config['init']}, {config['device']}",
-        f"{'recipe':<38}{'test (mean +- se)':>18}{'vs report loop':>22}"
-        f"{'vs defaults':>22}{'vs other init':>22}",
-    ]
-    for name, row in result["summary"].items():
-        cells = []
-        for label in ("vs_report_loop", "vs_defaults", "vs_other_init"):
-            cmp = row.get(label)
-            cells.append(
-                f"{cmp['difference']:+.3f}+-{cmp['standard_error']:.3f} "
-                f"{cmp['verdict']}"
-                if cmp
-                else "-"
-            )
-        lines.append(
-            f"{name:<38}{row['test_mean']:>9.3f} +- {row['test_standard_error']:.3f}"
-            + "".join(f"{cell:>22}" for cell in cells)
-        )
-    lines.append(f"best = defaults + {result['best_methods'] or 'nothing'}")
+        f"{config['epochs']} epochs, {config['seeds']} seeds, init "
+        f"{config['init']}, {config['device']}; best = defaults + "
+        f"{result['best_methods'] or 'nothing'}"
+    )
     if result.get("standin"):
         info = result["standin"]
-        lines.append(
-            f"stand-in backbone (not ImageNet): {info['source_task']}, "
+        text += (
+            f"\nstand-in backbone (not ImageNet): {info['source_task']}, "
             f"{info['config']['n_samples']} images, {info['config']['epochs']} "
             f"epochs, made in {info['seconds']:.0f} s, source validation "
             f"accuracy {info['best_val_accuracy']:.3f}"
         )
-    return "\n".join(lines)
+    return text
 
 
 def merged_results(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -601,7 +586,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs": runs,
         "summary": summarise(runs),
     }
-    print(format_table(result))
+    print(describe(result))
+    print(markdown_table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=str))

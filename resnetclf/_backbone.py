@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -192,7 +193,10 @@ def build_resnet(
     if in_channels == 1:
         model.conv1 = _fold_to_one_channel(model.conv1)
     if weights is not None and verbose >= 1:
-        print(_loaded_summary(weights, state_dict, file_head, n_classes), flush=True)
+        # Written as the progress reporter writes its lines (stdout, flushed).
+        sys.stdout.write(_loaded_summary(weights, state_dict, file_head, n_classes))
+        sys.stdout.write("\n")
+        sys.stdout.flush()
     return model
 
 
