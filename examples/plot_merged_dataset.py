@@ -70,7 +70,7 @@ X_test, y_test = X[split.test], y[split.test]
 # ``checkpoint_path`` in torchvision's layout each time they improve.
 out = Path(tempfile.mkdtemp(prefix="resnetclf-merged-"))
 clf = ResNetFineTuneClassifier(
-    checkpoint_path=out / "resnet-step.pth", random_state=0, verbose=1, **recipe
+    checkpoint_path=out / "resnet-step.safetensors", random_state=0, verbose=1, **recipe
 )
 clf.fit(X[split.train], y[split.train], X_val=X[split.val], y_val=y[split.val])
 print(f"best epoch {clf.best_epoch_}: validation accuracy {clf.best_score_:.3f}")

@@ -107,7 +107,7 @@ def test_example_runs_to_the_end(script, tmp_path, monkeypatch, capsys):
 def _check_merged_dataset_run(out, tmp_path):
     assert "STAND-IN" in out  # no RESNETCLF_MERGED_DIR: it says so
     (out,) = tmp_path.glob("resnetclf-merged-*")
-    assert (out / "resnet-step.pth").stat().st_size > 0
+    assert (out / "resnet-step.safetensors").stat().st_size > 0
     saved = sorted(path.name for path in (out / "model").iterdir())
     assert saved == ["estimator.json", "model.safetensors"]
 
