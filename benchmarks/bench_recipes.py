@@ -32,7 +32,9 @@ Recipes:
 - ``defaults+<method>``: the defaults with one setting changed, one of
   :data:`METHODS` (``layer_lr_decay`` 1.0 / 0.25 / 0 (head only),
   ``freeze_epochs`` 1 / 2, ``lora_rank`` 4 / 16, ``label_smoothing``,
-  ``ema_decay``, ``class_weight``, ``scoring``);
+  ``ema_decay``, ``class_weight``, ``scoring``, and how the rates move:
+  ``lr_schedule="cosine"``, ``batch_size=16`` (twice the steps per epoch),
+  ``lr`` 3e-4 / 3e-3);
 - ``best``: the defaults with, for each parameter, the method whose mean
   *validation* accuracy beat the defaults' by the most (chosen on
   validation, judged on test).
@@ -96,6 +98,11 @@ METHODS: dict[str, dict[str, Any]] = {
     "ema_decay=0.98": {"ema_decay": 0.98},
     "class_weight=balanced": {"class_weight": "balanced"},
     "scoring=balanced_accuracy": {"scoring": "balanced_accuracy"},
+    # How fast and how far the rates move: the report gives no figures.
+    "lr_schedule=cosine": {"lr_schedule": "cosine"},
+    "batch_size=16": {"batch_size": 16},
+    "lr=3e-4": {"lr": 3e-4},
+    "lr=3e-3": {"lr": 3e-3},
 }
 
 
@@ -171,6 +178,10 @@ DEFAULT_RECIPES = [
     "defaults+label_smoothing=0.1",
     "defaults+ema_decay=0.98",
     "defaults+class_weight=balanced",
+    "defaults+lr_schedule=cosine",
+    "defaults+batch_size=16",
+    "defaults+lr=3e-4",
+    "defaults+lr=3e-3",
     "best",
     "scratch:report_loop",
     "scratch:defaults",
@@ -245,7 +256,8 @@ def _report_config(args, X, y, seed) -> BenchConfig:
 def run_recipe(name, params, data, split, args, seed, weights) -> dict[str, Any]:
     """Train one recipe on one seed; its accuracies, cost and curve."""
     X, y = data
-    n_steps = args.epochs * math.ceil(len(split.train) / args.batch_size)
+    batch_size = (params or {}).get("batch_size", args.batch_size)
+    n_steps = args.epochs * math.ceil(len(split.train) / batch_size)
     start = time.perf_counter()
     with PeakRSS() as peak:
         if params is None:
@@ -260,15 +272,15 @@ def run_recipe(name, params, data, split, args, seed, weights) -> dict[str, Any]
             curve, test = report["val_accuracy"], report["test_accuracy"]
             n_trainable = None
         else:
-            clf = ResNetFineTuneClassifier(
-                arch=args.arch,
-                weights=weights,
-                max_iter=args.epochs,
-                batch_size=args.batch_size,
-                device=args.device,
-                random_state=seed,
-                **params,
-            )
+            settings = {
+                "arch": args.arch,
+                "weights": weights,
+                "max_iter": args.epochs,
+                "batch_size": args.batch_size,
+                "device": args.device,
+                "random_state": seed,
+            }
+            clf = ResNetFineTuneClassifier(**{**settings, **params})
             variants = split_variants(split_recipe(name)[1])[1]
             with warnings.catch_warnings(), library_variants(variants):
                 warnings.simplefilter("ignore")

@@ -128,6 +128,34 @@ def test_recipe_names_map_to_parameters():
         recipes.recipe_params("defaults+nonsense", [])
 
 
+def test_a_recipe_may_set_the_batch_size_and_its_steps_follow(monkeypatch):
+    recipes = _load("bench_recipes")
+    made = {}
+
+    class Recorded:
+        def __init__(self, **kwargs):
+            made.update(kwargs)
+            self.history_ = [{"val_accuracy": 0.5}]
+            self.n_trainable_params_ = 1
+
+        def fit(self, *args, **kwargs):
+            return self
+
+        def score(self, X, y):
+            return 0.25
+
+    monkeypatch.setattr(recipes, "ResNetFineTuneClassifier", Recorded)
+    args = recipes._parser().parse_args(["--epochs", "2", "--batch-size", "32"])
+    split = type("Split", (), {"train": np.arange(64), "val": [64], "test": [65]})
+    X, y = np.zeros((66, 4, 4), np.uint8), np.zeros(66, int)
+    params = recipes.recipe_params("defaults+batch_size=16", [])
+    run = recipes.run_recipe("defaults+batch_size=16", params, (X, y), split,
+                             args, 0, None)  # fmt: skip
+    assert made["batch_size"] == 16 and made["max_iter"] == 2
+    # 64 training images in batches of 16 for 2 epochs: 8 steps, not 4.
+    assert run["seconds_per_step"] == pytest.approx(run["seconds"] / 8)
+
+
 def test_best_takes_per_parameter_the_method_best_on_validation():
     recipes = _load("bench_recipes")
 
