@@ -10,9 +10,11 @@ from resnetclf._split import (
     train_val_test_split,
 )
 from resnetclf._version import __version__
+from resnetclf.heads import DigitSumHead
 from resnetclf.plotting import plot_confident_mistakes, plot_history
 
 __all__ = [
+    "DigitSumHead",
     "ResNetFineTuneClassifier",
     "SplitIndices",
     "SplitInfo",

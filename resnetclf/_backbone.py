@@ -17,11 +17,17 @@ from torchvision.models import WeightsEnum
 
 from resnetclf._checkpoint import load_state_dict_file
 from resnetclf._lora import merged_state_dict
+from resnetclf.heads import resolve_head
 
 __all__ = [
     "RESNET_ARCHS",
+    "MapHeadResNet",
     "WeightsUnavailableError",
+    "attach_head",
     "build_resnet",
+    "feature_map",
+    "layer4_channels",
+    "make_head",
     "check_arch",
     "resolve_weights",
     "spread_over_rgb",
@@ -166,52 +172,124 @@ def build_resnet(
     n_classes: int,
     in_channels: int,
     verbose: int = 0,
+    *,
+    head="linear",
+    classes=None,
 ) -> nn.Module:
     """Build ``arch`` with ``weights``, a new ``n_classes`` head and a stem for
     ``in_channels`` (1 or 3) input channels.
 
     A named ``arch`` is torchvision's builder; a callable one is called with
     no arguments and must return a ``torchvision.models.ResNet`` with an RGB
-    ``conv1`` (a TypeError or ValueError names ``arch`` otherwise). Either
-    way the head is replaced when its size is not ``n_classes``.
+    ``conv1`` (a TypeError or ValueError names ``arch`` otherwise).
+
+    ``head`` is the estimator's parameter: ``"linear"`` keeps torchvision's
+    ``fc`` (replaced when its size is not ``n_classes``); any other head is
+    built for ``classes`` by :func:`attach_head`.
 
     A grayscale stem is the pretrained RGB ``conv1`` summed over its input
     channels: feeding it one channel gives exactly what the RGB stem gives for
     that channel repeated three times, at a third of the stem's cost.
 
-    Weights from another task (a file or torchvision weights whose head has
-    another number of classes) give every tensor but the head; the head is
-    new. At ``verbose >= 1`` a line says what was taken and what was not.
+    Weights from another task give every tensor but the head: the file's head
+    is taken only when it fits the new one exactly (same tensors, same
+    shapes), else the head stays new; a file without a head (an encoder) is
+    taken too. At ``verbose >= 1`` a line says what was taken and what was not.
     """
     model = _new_network(arch)
+    head = resolve_head(head)
+    if head is not None:
+        attach_head(model, head, classes)
+    elif model.fc.out_features != n_classes:
+        model.fc = nn.Linear(model.fc.in_features, n_classes)
     if weights is not None:
         state_dict = _read_weights(weights)
-        model.load_state_dict(_adapt_state_dict(state_dict, model, arch, weights))
-        file_head = model.fc.out_features
-    if model.fc.out_features != n_classes:
-        model.fc = nn.Linear(model.fc.in_features, n_classes)
+        dropped = _load_weights(model, state_dict, arch, weights)
     if in_channels == 1:
         model.conv1 = _fold_to_one_channel(model.conv1)
     if weights is not None and verbose >= 1:
         # Written as the progress reporter writes its lines (stdout, flushed).
-        sys.stdout.write(_loaded_summary(weights, state_dict, file_head, n_classes))
+        sys.stdout.write(_loaded_summary(weights, state_dict, dropped, n_classes))
         sys.stdout.write("\n")
         sys.stdout.flush()
     return model
 
 
+class MapHeadResNet(torchvision.models.ResNet):
+    """A torchvision ResNet whose head (``fc``) reads the last stage's map.
+
+    torchvision's forward pools and flattens before ``fc``; here ``fc``
+    receives ``layer4``'s output ``(N, C, h, w)`` as it is. The module tree
+    and state-dict keys are torchvision's, so stages, freezing, checkpoints
+    and low-rank adapters treat the head as they treat ``fc``.
+    """
+
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(feature_map(self, x))
+
+
+def feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The last stage's map of a torchvision ResNet for input ``x``."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+
+
+def attach_head(model: nn.Module, head, classes) -> nn.Module:
+    """Put the module ``head(feature_channels, classes)`` in ``model.fc``,
+    fed with the last stage's map."""
+    if type(model) not in (torchvision.models.ResNet, MapHeadResNet):
+        raise TypeError(
+            "a head other than 'linear' needs a network of the class "
+            "torchvision.models.ResNet itself; the arch built a "
+            f"{type(model).__name__}"
+        )
+    model.fc = make_head(head, layer4_channels(model), classes)
+    model.__class__ = MapHeadResNet
+    return model
+
+
+def make_head(head, feature_channels: int, classes) -> nn.Module:
+    """The module of the ``head`` parameter for ``classes``: a ``Linear``
+    for ``"linear"``, else ``head(feature_channels, classes)``, which must be
+    a module (a TypeError otherwise)."""
+    spec = resolve_head(head)
+    if spec is None:
+        return nn.Linear(feature_channels, len(classes))
+    module = spec(feature_channels, classes)
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"head={head!r} returned {type(module).__name__}; a head called as "
+            "head(feature_channels, classes) must return a torch.nn.Module"
+        )
+    return module
+
+
+def layer4_channels(model: nn.Module) -> int:
+    """Channels of the last stage's output: its last block's last norm."""
+    norms = [m for m in model.layer4.modules() if isinstance(m, nn.BatchNorm2d)]
+    return norms[-1].num_features
+
+
 def _loaded_summary(
-    weights, state_dict: dict[str, torch.Tensor], file_head: int, n_classes: int
+    weights, state_dict: dict[str, torch.Tensor], dropped: list[str], n_classes: int
 ) -> str:
     """One line: which tensors of ``weights`` the network took."""
     source = f"'{weights}'" if isinstance(weights, Path) else str(weights)
-    if file_head == n_classes:
-        return f"weights: took all {len(state_dict)} tensors of {source}"
-    dropped = [k for k in state_dict if k.startswith("fc.")]
+    if not dropped:
+        has_head = any(k.startswith("fc.") for k in state_dict)
+        return f"weights: took all {len(state_dict)} tensors of {source}" + (
+            "" if has_head else " (it has no head; the head is new)"
+        )
+    file_head = state_dict.get("fc.weight")
+    what = (
+        f"{file_head.shape[0]}-class head"
+        if file_head is not None and file_head.ndim == 2
+        else "head"
+    )
     return (
         f"weights: took {len(state_dict) - len(dropped)} of the "
-        f"{len(state_dict)} tensors of {source}; dropped its {file_head}-class "
-        f"head ({', '.join(dropped)}) for a new {n_classes}-class one"
+        f"{len(state_dict)} tensors of {source}; dropped its {what} "
+        f"({', '.join(dropped)}) for a new {n_classes}-class one"
     )
 
 
@@ -320,15 +398,16 @@ def _read_weights(weights: WeightsEnum | Path) -> dict[str, torch.Tensor]:
         ) from exc
 
 
-def _adapt_state_dict(
-    state_dict: dict[str, torch.Tensor], model: nn.Module, arch: Arch, source=None
-) -> dict[str, torch.Tensor]:
-    """Check a state dict against ``model`` and fit its stem and head.
+def _load_weights(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], arch: Arch, source=None
+) -> list[str]:
+    """Load a state dict into ``model``: the body exactly, the head only when
+    the file's fits the model's; return the file's head keys left out.
 
     A one-channel ``conv1`` is spread over three channels (see
-    ``to_torchvision_layout``); ``model.fc`` takes the file's number of outputs.
-    A stem for any other number of channels is refused: no rule maps it to
-    RGB without changing what the network computes.
+    ``to_torchvision_layout``). A stem for any other number of channels is
+    refused: no rule maps it to RGB without changing what the network
+    computes. Every key but the head's must be there, with its shape.
     """
     state_dict = dict(state_dict)
     expected = model.state_dict()
@@ -342,17 +421,20 @@ def _adapt_state_dict(
             "channels; only 1 (grayscale, spread over RGB) or 3 (RGB) can be "
             "adapted to the images"
         )
-    head = state_dict.get("fc.weight")
-    if head is not None and head.ndim == 2 and head.shape[0] != model.fc.out_features:
-        # Load the file's head as it is; build_resnet replaces it when its size
-        # differs from the number of classes.
-        model.fc = nn.Linear(model.fc.in_features, head.shape[0])
-        expected = model.state_dict()
-
+    file_head = {k for k in state_dict if k.startswith("fc.")}
+    model_head = {k for k in expected if k.startswith("fc.")}
+    head_fits = file_head == model_head and all(
+        state_dict[k].shape == expected[k].shape for k in file_head
+    )
+    dropped = [] if head_fits else [k for k in state_dict if k in file_head]
+    for key in dropped:
+        del state_dict[key]
     missing = [
         k
         for k in expected
-        if k not in state_dict and not k.endswith("num_batches_tracked")
+        if k not in state_dict
+        and not k.endswith("num_batches_tracked")
+        and k not in model_head
     ]
     unexpected = [k for k in state_dict if k not in expected]
     wrong_shape = [
@@ -376,7 +458,8 @@ def _adapt_state_dict(
         )
     for key, value in expected.items():
         state_dict.setdefault(key, value)
-    return state_dict
+    model.load_state_dict(state_dict)
+    return dropped
 
 
 def _fold_to_one_channel(conv: nn.Conv2d) -> nn.Conv2d:

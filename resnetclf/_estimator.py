@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
+from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
@@ -31,7 +32,12 @@ from resnetclf._acceleration.devices import (
     cudnn_autotuned,
     resolve_device,
 )
-from resnetclf._backbone import build_resnet, resolve_weights
+from resnetclf._backbone import (
+    attach_head,
+    build_resnet,
+    feature_map,
+    resolve_weights,
+)
 from resnetclf._fit_setup import (
     FitData,
     FitParams,
@@ -78,6 +84,7 @@ from resnetclf._training import (
     predict_logits,
     weight_average,
 )
+from resnetclf.heads import HEAD_NAMES, DigitSumHead, resolve_head
 
 __all__ = ["ResNetFineTuneClassifier"]
 
@@ -117,6 +124,22 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         torch >= 2.10 only); or None for random initialisation.
         Without a network and an empty cache, ``fit`` fails at once with
         :class:`~resnetclf.WeightsUnavailableError`, which says how to go on.
+    head : {"linear", "digit-sum"} or callable, default="linear"
+        What reads the last stage's feature map. ``"linear"`` is
+        torchvision's: average pooling and a ``len(classes_)``-way
+        ``Linear`` (``fc``); a checkpoint then loads into
+        ``torchvision.models.<arch>(num_classes=n)``. ``"digit-sum"`` is
+        ``DigitSumHead()``: for images of 4 digits labelled with their sum, it
+        learns to read each digit from the sums alone (see
+        :class:`~resnetclf.DigitSumHead`, and :meth:`predict_digits`). A
+        callable is called as ``head(feature_channels, classes)`` and must
+        return a ``torch.nn.Module`` that maps the map ``(N, C, h, w)`` to
+        ``(N, len(classes))`` logits; its output shape is checked before
+        training. It takes ``fc``'s place (its parameters are the ``"fc"``
+        stage: its learning rate, ``freeze_epochs`` and checkpoints treat it
+        as the head; low-rank adapters and batch-norm folding leave it as it
+        is). ``save_model`` stores the library's heads; a model with a head
+        of your own is kept with pickle, as one with a callable ``arch``.
     max_iter : int, default=50
         Epochs per call to ``fit``.
     batch_size : int, default=64
@@ -303,6 +326,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         "arch": [str, callable],  # checked in check_arch
         # A name or a file is checked against arch in resolve_weights.
         "weights": [str, os.PathLike, WeightsEnum, None],
+        "head": [StrOptions(set(HEAD_NAMES)), callable],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
@@ -341,6 +365,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         self,
         arch: str = "resnet50",
         weights="DEFAULT",
+        head="linear",
         max_iter: int = 50,
         batch_size: int = 64,
         lr: float = 1e-3,
@@ -372,6 +397,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
     ) -> None:
         self.arch = arch
         self.weights = weights
+        self.head = head
         self.max_iter = max_iter
         self.batch_size = batch_size
         self.lr = lr
@@ -514,16 +540,21 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
 
     def _build_setup(self, params: FitParams, data: FitData, warm: bool) -> FitSetup:
         """The network checked, and the batches, scorer, rng and split built."""
-        n_classes = len(data.classes)
         model_channels = model_input_channels(
             data.layout.channels, params.mean, params.std
         )
         initial_weights = None if warm else resolve_weights(self.arch, self.weights)
         if warm:
-            check_kept_network(self.module_, model_channels, n_classes)
+            check_kept_network(self.module_, model_channels, self.head, data.classes)
         else:
             check_new_network(
-                self.arch, n_classes, model_channels, self.lora_rank, params.stage_lrs
+                self.arch,
+                data.classes,
+                model_channels,
+                self.lora_rank,
+                params.stage_lrs,
+                head=self.head,
+                image_size=data.layout.image_shape[:2],
             )
         scorer = EpochScorer(self.scoring, self, data.classes)
         rng = check_random_state(self.random_state)
@@ -566,6 +597,8 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
                 len(setup.classes),
                 setup.train.images.model_channels,
                 verbose=self.verbose,
+                head=self.head,
+                classes=setup.classes,
             )
         return model.to(setup.device, memory_format=torch.channels_last)
 
@@ -754,7 +787,43 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         logits = self._logits(X)
         return self.classes_[logits.argmax(dim=1).numpy()]
 
+    def _reads_digits(self) -> bool:
+        """Whether the head reads digits: the fitted one, else the one asked for."""
+        if hasattr(self, "module_"):
+            return hasattr(self.module_.fc, "read_digits")
+        return self.head == "digit-sum" or isinstance(self.head, DigitSumHead)
+
+    @available_if(_reads_digits)
+    def predict_digits(self, X) -> np.ndarray:
+        """The digits the head reads in images ``X``, left to right.
+
+        Available with a head that reads digits, such as
+        :class:`~resnetclf.DigitSumHead`: after a fit on sums alone, each
+        slot's most likely digit, the slots ordered by the centre of their
+        attention on the image.
+
+        Parameters
+        ----------
+        X : array-like
+            Images in any layout ``fit`` accepts, of the fitted image shape.
+
+        Returns
+        -------
+        digits : ndarray of shape (n_samples, n_digits), dtype int64
+            Digits 0..9, left to right.
+        """
+
+        def read(model: nn.Module) -> nn.Module:
+            return lambda inputs: model.fc.read_digits(feature_map(model, inputs))
+
+        return self._outputs(X, read).round().to(torch.int64).numpy()
+
     def _logits(self, X) -> torch.Tensor:
+        return self._outputs(X, lambda model: model)
+
+    def _outputs(self, X, forward_of) -> torch.Tensor:
+        """``forward_of(model)`` applied to images ``X`` in batches on the
+        device, as a float32 CPU tensor."""
         check_is_fitted(self)
         X, _, layout = self._validate_images(X, expected=self.image_shape_)
         device = resolve_device(self.device)
@@ -770,7 +839,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         with (
             cudnn_autotuned(device),
             cuda_graphed(
-                inference_model,
+                forward_of(inference_model),
                 inference_model,
                 device,
                 self.batch_size,
@@ -796,10 +865,14 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         module_state = state.pop("_module_state", None)
         super().__setstate__(state)
         if module_state is not None:
-            n_classes = module_state["fc.weight"].shape[0]
+            n_classes = len(self.classes_)
             in_channels = module_state["conv1.weight"].shape[1]
             with torch.device("meta"):
                 model = build_resnet(self.arch, None, n_classes, in_channels)
+            head = resolve_head(self.head)
+            if head is not None:
+                # Built for real: its buffers, not in the state dict, must be.
+                attach_head(model, head, self.classes_)
             model.load_state_dict(module_state, assign=True)
             self.module_ = model.to(memory_format=torch.channels_last).eval()
 

@@ -21,7 +21,12 @@ import torch
 from torch import nn
 
 from resnetclf._acceleration.devices import amp_dtype_for, resolve_device
-from resnetclf._backbone import build_resnet, check_arch
+from resnetclf._backbone import (
+    build_resnet,
+    check_arch,
+    layer4_channels,
+    make_head,
+)
 from resnetclf._images import ImageBatches, ImageLayout, resolve_normalization
 from resnetclf._lora import check_lora_rank
 from resnetclf._param_groups import (
@@ -33,6 +38,7 @@ from resnetclf._scoring import EpochScorer
 from resnetclf._split import stratified_holdout
 from resnetclf._training import LabelledImages
 from resnetclf._warnings import user_stacklevel
+from resnetclf.heads import resolve_head
 
 __all__ = [
     "FitData",
@@ -219,30 +225,59 @@ def _weighted_part(
 
 
 def check_new_network(
-    arch, n_classes: int, in_channels: int, lora_rank: int | None, stage_lrs
+    arch,
+    classes: np.ndarray,
+    in_channels: int,
+    lora_rank: int | None,
+    stage_lrs,
+    *,
+    head="linear",
+    image_size: tuple[int, int] = (32, 32),
 ) -> None:
     """Check what only the network can tell, on a weightless copy of it (on
-    the meta device): that a callable ``arch`` builds a ResNet, and that
-    ``lora_rank`` suits the convolutions of the trainable stages."""
-    if lora_rank is None and not callable(arch):
+    the meta device): that a callable ``arch`` builds a ResNet, that
+    ``lora_rank`` suits the convolutions of the trainable stages, and that a
+    head gives one logit per class for images of ``image_size``."""
+    custom_head = resolve_head(head) is not None
+    if lora_rank is None and not callable(arch) and not custom_head:
         return
+    n_classes = len(classes)
     with torch.device("meta"):
-        probe = build_resnet(arch, None, n_classes, in_channels)
+        probe = build_resnet(
+            arch, None, n_classes, in_channels, head=head, classes=classes
+        )
+        if custom_head:
+            output = probe(torch.empty(2, in_channels, *image_size))
+            if tuple(output.shape) != (2, n_classes):
+                raise ValueError(
+                    f"head={head!r} returned logits of shape "
+                    f"{tuple(output.shape)} for 2 images; expected (2, {n_classes}): "
+                    "one per class"
+                )
     if lora_rank is not None:
         check_lora_rank(probe, lora_rank, trainable_stages(stage_lrs))
 
 
-def check_kept_network(module: nn.Module, in_channels: int, n_classes: int) -> None:
-    """Refuse a warm start whose data the fitted network cannot take."""
-    kept = (module.conv1.in_channels, module.fc.out_features)
-    if kept != (in_channels, n_classes):
+def check_kept_network(
+    module: nn.Module, in_channels: int, head, classes: np.ndarray
+) -> None:
+    """Refuse a warm start whose data or head the fitted network cannot take."""
+    if module.conv1.in_channels != in_channels:
         raise ValueError(
             "warm_start=True continues the fitted network, whose stem takes "
-            f"{kept[0]} channel(s) and whose head has {kept[1]} outputs; this "
-            f"fit needs {in_channels} and {n_classes}. The stem's channels follow "
-            "the images and normalization (1 for grayscale normalised alike in "
-            "every channel, else 3): keep the first fit's normalization, or "
-            "set warm_start=False"
+            f"{module.conv1.in_channels} channel(s); this fit needs "
+            f"{in_channels}. The stem's channels follow the images and "
+            "normalization (1 for grayscale normalised alike in every channel, "
+            "else 3): keep the first fit's normalization, or set warm_start=False"
+        )
+    with torch.device("meta"):
+        wanted = make_head(head, layer4_channels(module), classes).state_dict()
+    kept = module.fc.state_dict()
+    if {k: v.shape for k, v in wanted.items()} != {k: v.shape for k, v in kept.items()}:
+        raise ValueError(
+            f"warm_start=True continues the fitted network, whose head differs "
+            f"from head={head!r}: keep the first fit's head, or set "
+            "warm_start=False"
         )
 
 

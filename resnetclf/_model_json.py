@@ -30,6 +30,7 @@ from torchvision.models import WeightsEnum
 
 from resnetclf._estimator import ResNetFineTuneClassifier
 from resnetclf._version import __version__
+from resnetclf.heads import DigitSumHead
 
 __all__ = [
     "ESTIMATOR_FILE",
@@ -53,7 +54,9 @@ _CLASS_DTYPE = re.compile(r"[<>|=]?(b1|[iu][1248]|f[248]|U\d{1,6}|O)")
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _SCALARS = (bool, int, float, str)
 _PARAM_TAGS = ("tuple", "dict", "path", "device", "torchvision_weights")
-_PARAM_TAGS += ("random_state",)
+_PARAM_TAGS += ("random_state", "head")
+# The heads a model file may name, by class name: nothing else is built.
+_HEADS = {"DigitSumHead": DigitSumHead}
 _TOP_KEYS = {"format", "format_version", "estimator", "versions", "weights"}
 _TOP_KEYS |= {"params", "fitted"}
 _WEIGHTS_KEYS = {"file", "layout", "num_classes", "input_channels", "sha256"}
@@ -87,7 +90,7 @@ def describe(estimator: ResNetFineTuneClassifier) -> dict:
         "weights": {
             "file": WEIGHTS_FILE,
             "layout": "torchvision",
-            "num_classes": int(estimator.module_.fc.out_features),
+            "num_classes": len(estimator.classes_),
             "input_channels": int(estimator.module_.conv1.in_channels),
         },
         "params": {
@@ -128,6 +131,9 @@ def _param_to_json(value, depth: int = 0):
         return {"device": str(value)}
     if isinstance(value, WeightsEnum):
         return {"torchvision_weights": f"{type(value).__name__}.{value.name}"}
+    if type(value) in _HEADS.values():
+        params = _param_to_json(value.get_params(), depth + 1)
+        return {"head": [type(value).__name__, params]}
     if type(value) is np.random.RandomState:
         algorithm, keys, pos, has_gauss, gauss = value.get_state(legacy=True)
         state = [algorithm, keys.tolist(), int(pos), int(has_gauss), float(gauss)]
@@ -267,6 +273,12 @@ def _param_from_json(value, depth: int = 0):
         if not _WEIGHTS_NAME.fullmatch(_expect(content, str, tag)):
             raise ValueError(f"not a torchvision weights name: {content[:60]!r}")
         return torchvision.models.get_weight(content)
+    if tag == "head":
+        entry = _expect(content, list, tag)
+        if len(entry) != 2 or type(entry[0]) is not str or entry[0] not in _HEADS:
+            raise ValueError(f"unknown head {str(entry)[:60]}")
+        params = _expect(_param_from_json(entry[1], depth + 1), dict, "a head")
+        return _HEADS[entry[0]](**params)
     return _random_state_from_json(_expect(content, list, tag))
 
 

@@ -199,8 +199,7 @@ def load_model(path: str | os.PathLike) -> ResNetFineTuneClassifier:
             "after save_model"
         )
     state_dict = read_safetensors(data, weights_path)
-    num_classes = document["weights"]["num_classes"]
-    _check_state_dict(state_dict, estimator.arch, num_classes, weights_path)
+    _check_state_dict(state_dict, estimator, fitted["classes_"], weights_path)
     if fitted["_model_channels"] == 1:
         # Exact: save_model spread the kernel so that its channels sum back to it.
         kernel = state_dict["conv1.weight"]
@@ -211,11 +210,14 @@ def load_model(path: str | os.PathLike) -> ResNetFineTuneClassifier:
 
 
 def _check_state_dict(
-    state_dict: dict, arch: str, num_classes: int, path: Path
+    state_dict: dict, estimator: ResNetFineTuneClassifier, classes, path: Path
 ) -> None:
-    """Keys, shapes and dtypes must be those of the architecture, exactly."""
+    """Keys, shapes and dtypes must be those of the network, exactly."""
+    arch, num_classes = estimator.arch, len(classes)
     with torch.device("meta"):
-        expected = build_resnet(arch, None, num_classes, 3).state_dict()
+        expected = build_resnet(
+            arch, None, num_classes, 3, head=estimator.head, classes=classes
+        ).state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     wrong = [

@@ -18,6 +18,7 @@ likelihood of the observed sum, and the digits are learnt from sums alone.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -217,9 +218,17 @@ class _DigitSumReader(nn.Module):
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
         logits = self.digit_logits(feature_map)
         # P(sum = 36) = p9^4 underflows in half precision.
-        with torch.autocast(feature_map.device.type, enabled=False):
+        with _autocast_off(feature_map.device):
             log_probs = F.log_softmax(logits.float(), dim=2)
             return digit_sum_log_probs(log_probs).index_select(1, self.sums)
+
+
+def _autocast_off(device: torch.device):
+    """Autocast off on ``device`` (the meta device, where shapes are probed,
+    has no autocast)."""
+    if device.type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
 
 
 def resolve_head(head):
