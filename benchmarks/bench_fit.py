@@ -73,11 +73,20 @@ FIT_TARGETS: dict[tuple[str, int, int], tuple[float, float]] = {
 GPU_FIT_TARGETS: dict[tuple[str, int, int], tuple[float, float]] = {
     ("resnet50", 40, 168): (3.0, 0.85),
 }
+# On a CPU that computes bf16 natively, where fit trains in bf16: (fit /
+# report-style loop, in fp32 as the report ran; fit / bf16 model-step bound).
+BF16_FIT_TARGETS: dict[tuple[str, int, int], tuple[float, float]] = {
+    ("resnet18", 40, 168): (1.8, 0.9),
+    ("resnet50", 40, 168): (1.8, 0.9),
+}
 TARGET_BATCH_SIZE = 64
+# The explicit precisions whose model step the CPU's bound is measured at.
+STEP_PRECISIONS = ("fp32", "bf16")
 RATIO_LABELS = {
     "fit_vs_report_loop": "fit library / report-style loop",
     "fit_vs_step_bound": "fit library / model-step bound",
     "step_folded_vs_plain": "model step folded+CL / 3-ch contiguous",
+    "step_bf16_vs_fp32": "model step folded+CL, bf16 / fp32",
 }
 _FIT_RATES = (
     "images_per_second",
@@ -106,6 +115,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], tuple[tuple[str, str, Any], ...]]] = {
     "onednn_weight_grads": ({}, (("resnetclf._acceleration.conv_weight_grad",
                                   "MAX_OUTPUT_POSITIONS", 0),)),
     "fp32": ({"precision": "fp32"}, ()),
+    "bf16": ({"precision": "bf16"}, ()),
     # Its first epoch, which compiles, is left out like every first epoch.
     "torch_compile": ({"torch_compile": True}, ()),
     "torch_compile_reduce_overhead": ({"torch_compile": "reduce-overhead"}, ()),
@@ -266,25 +276,35 @@ def measure_step(config: BenchConfig) -> dict[str, Any]:
     (grayscale folded into a 1-channel ``conv1``, channels_last memory, the
     library's Adam parameter groups and fused Adam where fit uses it, its
     autocast dtype; on the CPU its single-product weight gradients for small
-    maps, on CUDA its graphed forward and backward); ``plain_contiguous``:
-    the same network with the RGB stem on the gray channel repeated three
-    times, contiguous memory, eager, with the report loop's optimizer (one
-    group, torch's default Adam). The two layouts alternate, ``step_iters``
+    maps, on CUDA its graphed forward and backward);
+    ``folded_channels_last_fp32`` and ``folded_channels_last_bf16``, on the
+    CPU: the same at each explicit precision (one of them is the step fit
+    takes), the bound of a fit at that precision; ``plain_contiguous``: the
+    same network with the RGB stem on the gray channel repeated three times,
+    contiguous memory, eager, in float32, with the report loop's optimizer
+    (one group, torch's default Adam). The layouts alternate, ``step_iters``
     steps each per round, after two untimed warm-up steps each.
     """
     device = _harness.resolve_device(config.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    amp_dtype = amp_dtype_for(device, "auto")
     X, y = _suite.make_data(config.batch_size, config)
     gray = _suite.normalise(torch.from_numpy(X)).to(device)
     targets = torch.from_numpy(y).to(device)
     layouts: dict[str, tuple[Callable, torch.optim.Optimizer, torch.Tensor]] = {}
     models: dict[str, nn.Module] = {}
-    for name, channels, memory_format in (
-        ("folded_channels_last", 1, torch.channels_last),
-        ("plain_contiguous", 3, torch.contiguous_format),
-    ):
+    amp_dtypes: dict[str, torch.dtype | None] = {}
+    plans = [
+        ("folded_channels_last", 1, torch.channels_last, "auto"),
+        ("plain_contiguous", 3, torch.contiguous_format, "fp32"),
+    ]
+    if device.type == "cpu":
+        plans[1:1] = [
+            (f"folded_channels_last_{p}", 1, torch.channels_last, p)
+            for p in STEP_PRECISIONS
+        ]
+    for name, channels, memory_format, precision in plans:
+        amp_dtypes[name] = amp_dtype_for(device, precision)
         torch.manual_seed(config.seed)
         model = build_resnet(config.arch, None, config.n_classes, channels)
         model = model.to(device, memory_format=memory_format).train()
@@ -292,7 +312,7 @@ def measure_step(config: BenchConfig) -> dict[str, Any]:
             memory_format=memory_format
         )
         forward: Callable = model
-        if name == "folded_channels_last":
+        if name.startswith("folded_channels_last"):
             if device.type == "cuda":
                 forward = CudaGraphedForward(model, device, config.batch_size)
             optimizer = _suite.library_optimizer(
@@ -303,34 +323,43 @@ def measure_step(config: BenchConfig) -> dict[str, Any]:
         models[name] = model
         layouts[name] = (forward, optimizer, inputs)
 
-    def step(forward: Callable, optimizer: torch.optim.Optimizer, inputs) -> None:
-        autocast = autocast_context(device, amp_dtype)
+    def step(name: str) -> None:
+        forward, optimizer, inputs = layouts[name]
+        autocast = autocast_context(device, amp_dtypes[name])
         _harness.train_step(forward, optimizer, inputs, targets, autocast)
 
     def library_switch(name: str) -> Callable[[], contextlib.AbstractContextManager]:
         # The network fit trains takes fit's weight gradients; the reference
         # is the plain torchvision step.
-        enabled = name == "folded_channels_last"
+        enabled = name.startswith("folded_channels_last")
         return lambda: gemm_weight_grads(models[name], enabled=enabled)
 
     around = {name: library_switch(name) for name in layouts}
-    for name, layout in layouts.items():
+    for name in layouts:
         with around[name]():
             for _ in range(2):
-                step(*layout)
+                step(name)
     _harness.synchronize(device)
 
-    def steps(layout) -> Callable[[], None]:
-        return lambda: [step(*layout) for _ in range(config.step_iters)]
+    def steps(name: str) -> Callable[[], None]:
+        return lambda: [step(name) for _ in range(config.step_iters)]
 
     rounds = _harness.alternate(
-        {name: steps(layout) for name, layout in layouts.items()},
+        {name: steps(name) for name in layouts},
         config.repeats,
         device,
         around,
     )
     n_images = config.batch_size * config.step_iters
-    return {name: _harness.rates(n_images, w) for name, w in rounds.items()}
+    result: dict[str, Any] = {
+        name: _harness.rates(n_images, w) for name, w in rounds.items()
+    }
+    result["precision"] = _precision_name(amp_dtypes["folded_channels_last"])
+    return result
+
+
+def _precision_name(amp_dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
 
 
 WORKERS: dict[str, _harness.Worker] = {
@@ -364,6 +393,10 @@ def compute_ratios(result: dict[str, Any]) -> dict[str, dict[str, float | None]]
             "step_folded_vs_plain": _suite.ratio(
                 step, get(result, "step", "plain_contiguous", key)
             ),
+            "step_bf16_vs_fp32": _suite.ratio(
+                get(result, "step", "folded_channels_last_bf16", key),
+                get(result, "step", "folded_channels_last_fp32", key),
+            ),
             **{
                 f"fit_vs_{name}": _suite.ratio(fit, get(result, "fit", name, key))
                 for name in result["fit"]
@@ -386,7 +419,13 @@ def check_targets(
     on_gpu = config.device.startswith("cuda") or (
         config.device == "auto" and torch.cuda.is_available()
     )
-    targets = (GPU_FIT_TARGETS if on_gpu else FIT_TARGETS).get(key)
+    if on_gpu:
+        table = GPU_FIT_TARGETS
+    elif amp_dtype_for(torch.device("cpu"), "auto") == torch.bfloat16:
+        table = BF16_FIT_TARGETS
+    else:
+        table = FIT_TARGETS
+    targets = table.get(key)
     applies = targets is not None and config.batch_size == TARGET_BATCH_SIZE
     report_target, bound_target = targets or (None, None)
     return _suite.check_targets(
@@ -462,8 +501,13 @@ def format_report(result: dict[str, Any]) -> str:
             ("fit: library, whole epochs incl. validation", "fit", "library"),
             ("fit: report-style loop, same data, same epochs", "fit", "report_loop"),
             *((f"fit: variant {name}", "fit", name) for name in variants),
-            ("model step: folded 1-ch stem, channels_last", "step",
+            ("model step: folded stem, CL, as fit "
+             f"({result['step'].get('precision', '?')})", "step",
              "folded_channels_last"),
+            *((f"model step: folded stem, CL, {p}", "step",
+               f"folded_channels_last_{p}")
+              for p in STEP_PRECISIONS
+              if f"folded_channels_last_{p}" in result["step"]),
             ("model step: 3-ch stem, contiguous (reference)", "step",
              "plain_contiguous"),
         ],

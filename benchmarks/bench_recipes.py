@@ -34,7 +34,9 @@ Recipes:
   ``freeze_epochs`` 1 / 2, ``lora_rank`` 4 / 16, ``label_smoothing``,
   ``ema_decay``, ``class_weight``, ``scoring``, and how the rates move:
   ``lr_schedule="cosine"``, ``batch_size=16`` (twice the steps per epoch),
-  ``lr`` 3e-4 / 3e-3);
+  ``lr`` 3e-4 / 3e-3; and ``precision`` fp32 / bf16, the arithmetic
+  rather than a recipe: against ``defaults``, whose ``"auto"`` is bf16 on
+  CPUs that compute it natively);
 - ``best``: the defaults with, for each parameter, the method whose mean
   *validation* accuracy beat the defaults' by the most (chosen on
   validation, judged on test).
@@ -103,6 +105,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "batch_size=16": {"batch_size": 16},
     "lr=3e-4": {"lr": 3e-4},
     "lr=3e-3": {"lr": 3e-3},
+    # Not a recipe but the arithmetic: does bf16 autocast cost accuracy?
+    "precision=fp32": {"precision": "fp32"},
+    "precision=bf16": {"precision": "bf16"},
 }
 
 
@@ -228,6 +233,8 @@ def choose_best(runs: dict[str, list[dict]]) -> list[str]:
         method = name.removeprefix("defaults+")
         if not name.startswith("defaults+") or not results:
             continue
+        if method.startswith("precision="):
+            continue  # the arithmetic, not a recipe to choose
         val = statistics.fmean(r["val_accuracy"] for r in results)
         parameter = method.split("=")[0]
         if val > base and val > by_parameter.get(parameter, (-1.0, ""))[0]:

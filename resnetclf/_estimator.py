@@ -212,7 +212,15 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         on a CPU-only machine (``module_`` stays where it is).
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Autocast precision. ``"auto"`` is bf16 on CUDA devices that support it,
-        fp16 (with gradient scaling) on older ones, fp32 on the CPU.
+        fp16 (with gradient scaling) on older ones. On the CPU it is bf16 where
+        the processor computes bf16 in hardware (AVX512-BF16 or AMX-BF16, as
+        ``torch.cpu.get_capabilities()`` reports, with oneDNN's bf16 support,
+        ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``), and fp32 elsewhere,
+        including when that check is unavailable or oneDNN is disabled.
+        ``"fp32"`` and ``"bf16"`` are taken as given. Under bf16 the weights,
+        the optimizer's state, batch-norm statistics, the loss, the weight
+        average and the kept best weights stay float32; predictions
+        come from bf16 logits (8 significant bits, about 3 decimal digits).
     torch_compile : bool or str, default=False
         Train through ``torch.compile`` (prediction stays eager): a slower first
         epoch, in exchange for fused kernels. True compiles in torch's default

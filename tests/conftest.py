@@ -36,6 +36,17 @@ def small_classifier(**params) -> ResNetFineTuneClassifier:
     return ResNetFineTuneClassifier(**defaults)
 
 
+def predicting_in_fp32(clf: ResNetFineTuneClassifier) -> ResNetFineTuneClassifier:
+    """A shallow copy of fitted ``clf`` that predicts in float32.
+
+    ``precision="auto"`` predicts in bf16 on CPUs that compute it natively;
+    its rounding (up to about 1e-2 on a probability) would hide what tests that
+    compare ``predict_proba`` with float32 reference math at 1e-6 look for.
+    The copy shares ``module_``; the fixture's estimator is left as it is.
+    """
+    return copy.copy(clf).set_params(precision="fp32")
+
+
 def head_only_classifier(**params) -> ResNetFineTuneClassifier:
     """Only the head trains, on a frozen random backbone: a fit that learns.
 

@@ -142,9 +142,27 @@ def test_bench_predict_in_a_subprocess(tmp_path):
     assert result["predict"]["predictions_agree"] is True
     for name in ("library", "plain_prebuilt", "plain_convert"):
         assert len(result["predict"][name]["rounds_images_per_second"]) == 2
-    # The predict targets apply to every configuration.
-    assert {check["status"] for check in result["targets"]} <= {"PASS", "MISS"}
-    assert [check["name"] for check in result["targets"]] == list(bench.RATIO_LABELS)
+    # On the CPU, predict and the pre-built loop also run at the other of
+    # fp32 and bf16: both precisions' figures and their ratios are there.
+    precision = result["predict"]["precision"]
+    other = "bf16" if precision == "fp32" else "fp32"
+    for name in ("library", "plain_prebuilt"):
+        assert result["predict"][f"{name}_{other}"]["images_per_second"] > 0
+    assert result["ratios"]["wall"]["predict_bf16_vs_fp32"] > 0
+    assert result["ratios"]["wall"]["plain_bf16_vs_fp32"] > 0
+    # The predict / plain loop targets apply to every configuration; the
+    # bf16 / fp32 one where the library predicts in bf16 on the CPU.
+    statuses = {check["name"]: check["status"] for check in result["targets"]}
+    assert list(statuses) == [
+        "predict_vs_plain_prebuilt",
+        "predict_vs_plain_convert",
+        "predict_bf16_vs_fp32",
+    ]
+    assert {
+        statuses["predict_vs_plain_prebuilt"],
+        statuses["predict_vs_plain_convert"],
+    } <= {"PASS", "MISS"}
+    assert (statuses["predict_bf16_vs_fp32"] == "n/a") == (precision != "bf16")
 
 
 def test_bench_memory_quick(tmp_path, capsys):
@@ -221,8 +239,12 @@ def _target_config(arch, height, width, batch_size, device):
     ],
 )
 def test_fit_targets_apply_to_the_issue_configurations(
-    arch, height, width, batch_size, expected
+    arch, height, width, batch_size, expected, monkeypatch
 ):
+    from resnetclf._acceleration import devices
+
+    # A CPU without native bf16, where fit trains in fp32.
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
     bench = _load_script("bench_fit")
     config = _target_config(arch, height, width, batch_size, "cpu")
     ratios = {"wall": {"fit_vs_report_loop": 1.3}, "cpu": {"fit_vs_report_loop": 1.5}}
@@ -238,6 +260,31 @@ def test_fit_targets_apply_to_the_issue_configurations(
         "n/a" if expected == "n/a" else "PASS"
     )
     assert cpu_checks["fit_vs_report_loop"]["basis"] == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("fit_vs_report", "fit_vs_bound", "expected"),
+    [(1.9, 0.95, ("PASS", "PASS")), (1.7, 0.85, ("MISS", "MISS"))],
+)
+def test_bf16_fit_targets_apply_where_the_cpu_has_native_bf16(
+    monkeypatch, fit_vs_report, fit_vs_bound, expected
+):
+    from resnetclf._acceleration import devices
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    bench = _load_script("bench_fit")
+    config = _target_config("resnet50", 40, 168, 64, "cpu")
+    ratios = {
+        "wall": {"fit_vs_report_loop": fit_vs_report, "fit_vs_step_bound": fit_vs_bound}
+    }
+    checks = {c["name"]: c for c in bench.check_targets(ratios, config)}
+    assert checks["fit_vs_report_loop"]["target"] == 1.8
+    assert checks["fit_vs_step_bound"]["target"] == 0.9
+    statuses = (
+        checks["fit_vs_report_loop"]["status"],
+        checks["fit_vs_step_bound"]["status"],
+    )
+    assert statuses == expected
 
 
 def test_gpu_fit_targets_apply_to_cuda_runs():

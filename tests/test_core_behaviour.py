@@ -21,7 +21,7 @@ from sklearn.metrics import log_loss
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from conftest import head_only_classifier, small_classifier
+from conftest import head_only_classifier, predicting_in_fp32, small_classifier
 from resnetclf._backbone import to_torchvision_layout
 from resnetclf._checkpoint import load_state_dict_file
 
@@ -160,8 +160,11 @@ def test_predict_is_deterministic_and_sees_unrotated_normalised_images(
     fits = best_epoch_fits
     clf = fits.three_epochs
     assert clf.rotation_degrees > 0  # augmentation was on during fit
-    first = clf.predict_proba(fits.X_val)
-    np.testing.assert_array_equal(clf.predict_proba(fits.X_val), first)
+    np.testing.assert_array_equal(
+        clf.predict_proba(fits.X_val), clf.predict_proba(fits.X_val)
+    )
+    # Against float32 reference math: predicting in float32.
+    first = predicting_in_fp32(clf).predict_proba(fits.X_val)
     model = clf.module_.eval()
     with torch.no_grad():
         logits = model(normalised(fits.X_val, 0.5, 0.5))
@@ -362,7 +365,7 @@ def test_predict_normalises_with_the_fitted_statistics(spied_fit):
     with torch.no_grad():
         logits = model(normalised(X[:10], MEAN, STD))
     np.testing.assert_allclose(
-        clf.predict_proba(X[:10]),
+        predicting_in_fp32(clf).predict_proba(X[:10]),  # float32 reference math
         torch.softmax(logits.double(), dim=1).numpy(),
         rtol=0,
         # float32 logits through another kernel order (channels_last, batch

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
 
-__all__ = ["amp_dtype_for", "cudnn_autotuned", "resolve_device"]
+__all__ = [
+    "amp_dtype_for",
+    "cpu_has_native_bf16",
+    "cudnn_autotuned",
+    "resolve_device",
+]
+
+# CPU features with bf16 arithmetic in hardware that oneDNN's kernels use:
+# AVX512-BF16 (AMD since Zen 4, Intel since Cooper Lake) and AMX-BF16 (Intel
+# since Sapphire Rapids). Without them oneDNN emulates bf16 with float32
+# instructions and conversions, slower than float32 itself.
+NATIVE_BF16_FEATURES = ("avx512_bf16", "amx_bf16")
 
 
 def resolve_device(device) -> torch.device:
@@ -44,7 +56,12 @@ def resolve_device(device) -> torch.device:
 
 
 def amp_dtype_for(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; None means fp32."""
+    """The autocast dtype for ``precision`` on ``device``; None means fp32.
+
+    ``"auto"`` is bf16 on CUDA devices that support it, else fp16; on the CPU,
+    bf16 where :func:`cpu_has_native_bf16` says the processor computes it in
+    hardware (and oneDNN is enabled), else fp32; fp32 on other devices.
+    """
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -53,8 +70,43 @@ def amp_dtype_for(device: torch.device, precision: str) -> torch.dtype | None:
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # On CPUs, bf16 autocast is slower than fp32 on most chips without AMX.
+    if device.type == "cpu" and torch.backends.mkldnn.enabled and cpu_has_native_bf16():
+        return torch.bfloat16
     return None
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware, through oneDNN.
+
+    True when torch's oneDNN (mkldnn) backend is built in and runs bf16
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``) and the CPU has one of
+    :data:`NATIVE_BF16_FEATURES` (``torch.cpu.get_capabilities()``). oneDNN's
+    own check also accepts plain AVX-512, where it emulates bf16 with
+    conversions around float32 arithmetic (nothing to gain), hence the
+    second condition (on a torch without
+    ``get_capabilities``, its private ``torch.cpu._is_avx512_bf16_supported``
+    and ``_is_amx_tile_supported``). Other architectures (ARM among them)
+    answer False: their bf16 speed has not been measured. Any failure of
+    the probe (an older torch without one of these functions) answers False,
+    silently: float32 is always correct. Cached: the CPU does not change.
+    """
+    try:
+        if not (
+            torch.backends.mkldnn.is_available()
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        ):
+            return False
+        get_capabilities = getattr(torch.cpu, "get_capabilities", None)
+        if get_capabilities is None:  # torch before get_capabilities
+            return bool(
+                torch.cpu._is_avx512_bf16_supported()
+                or torch.cpu._is_amx_tile_supported()
+            )
+        capabilities = get_capabilities()
+        return any(bool(capabilities.get(name)) for name in NATIVE_BF16_FEATURES)
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @contextlib.contextmanager
