@@ -112,15 +112,15 @@ def run_method(method, init, data, test, args, seed, weights) -> dict[str, Any]:
         curve, test_accuracy = report["val_accuracy"], report["test_accuracy"]
         epoch_seconds = report["epoch_seconds"]
     else:
-        clf = ResNetFineTuneClassifier(
-            arch=args.arch,
-            weights=weights,
-            max_iter=args.epochs,
-            batch_size=args.batch_size,
-            device=args.device,
-            random_state=seed,
-            **METHODS[method],
-        )
+        settings = {
+            "arch": args.arch,
+            "weights": weights,
+            "max_iter": args.epochs,
+            "batch_size": args.batch_size,
+            "device": args.device,
+            "random_state": seed,
+        }
+        clf = ResNetFineTuneClassifier(**{**settings, **METHODS[method], **args.set})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             clf.fit(X, y)
@@ -177,6 +177,14 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _parameter(text: str) -> tuple[str, Any]:
+    name, _, value = text.partition("=")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value  # a bare string
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -193,12 +201,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an estimator parameter for the library's methods, VALUE as JSON "
+        "(e.g. --set batch_size=16 --set lr_schedule='\"cosine\"')",
+    )
     parser.add_argument("--json", type=Path, default=None)
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
+    args.set = dict(_parameter(text) for text in args.set)
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = args.methods.split(",")
@@ -229,6 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "n_train": args.n_train,
         "n_test": args.n_test,
         "epochs": args.epochs,
+        "params": args.set,
         "runs": runs,
     }
     print(markdown_table(result))
