@@ -22,6 +22,7 @@ import torch
 from sklearn.metrics import check_scoring, classification_report
 
 from resnetclf import (
+    DigitSumHead,
     ResNetFineTuneClassifier,
     WeightsUnavailableError,
     __version__,
@@ -238,6 +239,14 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "estimator", "ResNetFineTuneClassifier's parameters ('none' is None)"
     )
     ESTIMATOR_OPTIONS.add_arguments(estimator)
+    estimator.add_argument(
+        "--digits",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="digits per image: the stand-in images hold N digits, and "
+        "--head digit-sum reads N",
+    )
     estimator.add_argument(
         "--patience",
         action=_Patience,
@@ -468,6 +477,7 @@ def _training_data(args) -> tuple[np.ndarray, np.ndarray, bool]:
         return X, y, False
     X, y = make_digit_sums(
         args.stand_in_samples,
+        n_digits=args.digits,
         image_shape=tuple(args.stand_in_shape),
         random_state=args.seed,
     )
@@ -482,8 +492,11 @@ def _training_data(args) -> tuple[np.ndarray, np.ndarray, bool]:
 
 def _classifier(args, checkpoint: Path) -> ResNetFineTuneClassifier:
     """The estimator as the options set it, writing its checkpoint there."""
+    params = ESTIMATOR_OPTIONS.params(args)
+    if params.get("head") == "digit-sum":
+        params["head"] = DigitSumHead(n_digits=args.digits)
     return ResNetFineTuneClassifier(
-        **ESTIMATOR_OPTIONS.params(args),
+        **params,
         checkpoint_path=str(checkpoint),
         random_state=args.seed,
     )

@@ -115,7 +115,8 @@ def plot_confident_mistakes(
     The mistakes are the samples whose predicted label (the most probable
     class) differs from ``y``, shown in decreasing order of the probability
     given to the wrong label, each with its true label, the predicted label
-    and that probability. Images in any layout the estimator accepts
+    and that probability (and, when the estimator reads digits, the digits
+    it read, from ``predict_digits``). Images in any layout the estimator accepts
     (grayscale ``(N, H, W)``, ``(N, H, W, C)``, ``(N, C, H, W)`` or flattened
     rows) are drawn as the model sees them: uint8 scaled by 1/255, other
     dtypes as values in [0, 1] (clipped). matplotlib is imported only here.
@@ -218,14 +219,21 @@ def plot_confident_mistakes(
     )
     for ax in axes.ravel():
         ax.set_axis_off()
-    for ax, index, image in zip(axes.ravel(), shown, images):
+    # A head that reads digits shows what it read: where the sum went wrong.
+    digits = (
+        estimator.predict_digits(X[shown])
+        if hasattr(estimator, "predict_digits")
+        else None
+    )
+    for k, (ax, index, image) in enumerate(zip(axes.ravel(), shown, images)):
         if image.shape[2] == 1:
             ax.imshow(image[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0)
         else:
             ax.imshow(image)
+        read = "" if digits is None else f", read {'+'.join(map(str, digits[k]))}"
         ax.set_title(
             f"true {y[index]}, predicted "
-            f"{estimator.classes_[predicted[index]]}\n"
+            f"{estimator.classes_[predicted[index]]}{read}\n"
             f"p = {confidence[index]:.2f} (sample {index})",
             fontsize=8,
         )

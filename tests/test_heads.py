@@ -297,3 +297,39 @@ def test_ema_and_freeze_epochs_with_a_head(two_digit_sums):
         head=DigitSumHead(2), ema_decay=0.9, freeze_epochs=1, max_iter=2
     ).fit(X, y)
     assert clf.n_iter_ == 2 and isinstance(clf.module_, MapHeadResNet)
+
+
+def test_the_mistakes_gallery_shows_the_digits_read(fitted_digit_sum, two_digit_sums):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from resnetclf import plot_confident_mistakes
+
+    X, y = two_digit_sums
+    figure = plot_confident_mistakes(fitted_digit_sum, X, y, n_images=2)
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    digits = fitted_digit_sum.predict_digits(X)
+    assert titles and all(", read " in title for title in titles)
+    first = int(titles[0].split("(sample ")[1].rstrip(")"))
+    assert f"read {digits[first][0]}+{digits[first][1]}" in titles[0]
+
+
+def test_the_command_trains_a_digit_sum_head(tmp_path):
+    import json
+
+    from resnetclf.cli import main
+
+    out = tmp_path / "run"
+    status = main(
+        [
+            "train", "--arch", "resnet18", "--weights", "none",
+            "--head", "digit-sum", "--digits", "2", "--stand-in-shape", "16", "40",
+            "--stand-in-samples", "120", "--epochs", "1", "--batch-size", "16",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert status == 0
+    document = json.loads((out / "model" / "estimator.json").read_text())
+    loaded = load_model(out / "model")
+    assert loaded.head == DigitSumHead(n_digits=2)
+    assert document["fitted"]["image_shape_"] == [16, 40, 1]
