@@ -81,9 +81,6 @@ from resnetclf._training import (
 
 __all__ = ["ResNetFineTuneClassifier"]
 
-# benchmarks/_suite.py builds fit's optimizer through this name.
-_make_optimizer = make_optimizer
-
 
 class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
     """Fine-tune a pretrained torchvision ResNet on numpy image arrays.
@@ -589,7 +586,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         # A 1-channel conv1 is always the RGB stem folded over repeated gray.
         stem_fold = 3 if model.conv1.in_channels == 1 else 1
         groups = StageParamGroups(model, setup.stage_lrs, self.weight_decay, stem_fold)
-        optimizer = _make_optimizer(self.optimizer, groups.groups, device)
+        optimizer = make_optimizer(self.optimizer, groups.groups, device)
         schedule = EpochSchedule(
             self.lr_schedule,
             optimizer,

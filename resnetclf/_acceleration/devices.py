@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import torch
 
+from resnetclf._switches import current as switches
+
 __all__ = ["amp_dtype_for", "cudnn_autotuned", "resolve_device"]
 
 
@@ -70,6 +72,7 @@ def cudnn_autotuned(device: torch.device) -> Iterator[None]:
     """
     if (
         device.type != "cuda"
+        or not switches().cudnn_autotune
         or torch.backends.cudnn.deterministic
         or torch.are_deterministic_algorithms_enabled()
     ):
