@@ -36,9 +36,9 @@ from resnetclf._fit_setup import (
     FitData,
     FitParams,
     FitSetup,
+    check_before_data,
     check_kept_network,
     check_new_network,
-    check_params,
     check_writable,
     restored_on_error,
     torch_seeded,
@@ -443,9 +443,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         self : ResNetFineTuneClassifier
             The fitted estimator.
         """
-        self._validate_params()
-        # What the constraints cannot express: the parameters together.
-        params = check_params(self)
+        params = check_before_data(self)
         # Decided once: a warm start continues the fitted network and history.
         warm = self.warm_start and hasattr(self, "module_")
         # validate_data sets n_features_in_ at once; a refused fit restores it.

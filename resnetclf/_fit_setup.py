@@ -18,11 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import check_scoring
 from torch import nn
 
 from resnetclf._acceleration.devices import amp_dtype_for, resolve_device
-from resnetclf._backbone import build_resnet, check_arch
-from resnetclf._images import ImageBatches, ImageLayout, resolve_normalization
+from resnetclf._backbone import build_resnet, check_arch, resolve_weights
+from resnetclf._images import (
+    ImageBatches,
+    ImageLayout,
+    model_input_channels,
+    resolve_normalization,
+)
 from resnetclf._lora import check_lora_rank
 from resnetclf._param_groups import (
     check_layer_lr_decay,
@@ -38,6 +44,7 @@ __all__ = [
     "FitData",
     "FitParams",
     "FitSetup",
+    "check_before_data",
     "check_kept_network",
     "check_new_network",
     "check_params",
@@ -230,6 +237,43 @@ def check_new_network(
         probe = build_resnet(arch, None, n_classes, in_channels)
     if lora_rank is not None:
         check_lora_rank(probe, lora_rank, trainable_stages(stage_lrs))
+
+
+def check_before_data(estimator, image_channels: int | None = None) -> FitParams:
+    """Every check of ``fit`` that needs no data, in one place.
+
+    ``fit`` runs it first; ``resnetclf train`` runs it before reading any
+    image, so that a bad option is refused at once.
+
+    Parameters
+    ----------
+    estimator : ResNetFineTuneClassifier
+        The estimator whose parameters to check.
+    image_channels : int, default=None
+        Channels of the images to come (1 for grayscale, 3 for colour), when
+        known before the data: then the new network's checks run too (a
+        callable ``arch`` builds a ResNet, ``lora_rank`` suits its
+        convolutions), which ``fit`` otherwise runs once it has seen the data.
+
+    Returns
+    -------
+    params : FitParams
+        The values the checks resolved.
+    """
+    estimator._validate_params()
+    # What the constraints cannot express: the parameters together.
+    params = check_params(estimator)
+    resolve_weights(estimator.arch, estimator.weights)
+    if estimator.scoring is not None:
+        check_scoring(estimator, scoring=estimator.scoring)  # as EpochScorer does
+    if image_channels is not None:
+        channels = model_input_channels(image_channels, params.mean, params.std)
+        # Two classes stand in for the data's: the head is no convolution,
+        # so no check below depends on its size.
+        check_new_network(
+            estimator.arch, 2, channels, estimator.lora_rank, params.stage_lrs
+        )
+    return params
 
 
 def check_kept_network(module: nn.Module, in_channels: int, n_classes: int) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import check_scoring, classification_report
+from sklearn.metrics import classification_report
 
 from resnetclf import (
     ResNetFineTuneClassifier,
@@ -31,7 +31,6 @@ from resnetclf import (
     train_val_test_split,
 )
 from resnetclf._acceleration.devices import resolve_device
-from resnetclf._backbone import resolve_weights
 from resnetclf._cli_options import (
     EstimatorOptions,
     in_option_terms,
@@ -46,7 +45,7 @@ from resnetclf._cli_outputs import (
     write_prediction_metrics,
     write_predictions,
 )
-from resnetclf._fit_setup import check_params
+from resnetclf._fit_setup import check_before_data
 from resnetclf.datasets import load_merged, make_digit_sums
 
 __all__ = ["build_parser", "main", "predict", "train"]
@@ -339,19 +338,11 @@ def _check_train_arguments(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--val-size and --test-size must leave images for training")
     clf = _classifier(args, Path(args.out) / CHECKPOINT_NAME)
     try:
-        _check_parameters(clf)
+        # The command's images are grayscale: the network can be checked too.
+        check_before_data(clf, image_channels=1)
     except (ValueError, TypeError, OSError) as exc:
         options = {**ESTIMATOR_OPTIONS.option_names(args), "random_state": "--seed"}
         parser.error(in_option_terms(str(exc), options))
-
-
-def _check_parameters(clf: ResNetFineTuneClassifier) -> None:
-    """The checks ``fit`` runs on the parameters before it looks at data."""
-    clf._validate_params()
-    check_params(clf)
-    resolve_weights(clf.arch, clf.weights)
-    if clf.scoring is not None:
-        check_scoring(clf, scoring=clf.scoring)  # as fit's EpochScorer does
 
 
 def _check_predict_arguments(parser: argparse.ArgumentParser, args) -> None:

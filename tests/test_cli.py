@@ -358,6 +358,29 @@ def test_bad_value_exits_2_naming_the_option_before_any_work(
     assert not (tmp_path / "run").exists()
 
 
+def test_a_lora_rank_too_large_for_the_network_exits_2_before_any_work(
+    tmp_path, monkeypatch, capsys
+):
+    """The network's checks (needing no data for grayscale images) run with
+    the other pre-data checks: one line, exit status 2, no data read."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(ResNetFineTuneClassifier, "fit", refuse)
+    monkeypatch.setattr(cli, "make_digit_sums", refuse)
+    monkeypatch.setattr(cli, "load_merged", refuse)
+    argv = ["train", "--arch", "resnet18", "--weights", "none", "--lora-rank"]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "100", "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "error: --lora-rank 100 is larger than the convolution 'conv1'" in err
+    assert "Pass --lora-rank <= 49" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_messages_in_option_terms():
     options = {"max_iter": "--epochs", "freeze_epochs": "--freeze-epochs",
                "arch": "--arch", "lr": "--lr"}  # fmt: skip
