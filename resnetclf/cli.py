@@ -68,6 +68,31 @@ ESTIMATOR_OPTIONS = EstimatorOptions(
     command_defaults={
         "verbose": (1, "a command reports each epoch; the estimator is silent"),
     },
+    help_texts={
+        "class_weight": (
+            'Weights of the classes in the loss: "balanced" weights each class '
+            "by n_samples / (n_classes * count); none weighs every class alike. "
+            "(Weights per label can be given from Python only.)"
+        ),
+        "scoring": (
+            "What picks the best epoch, drives early stopping and the "
+            '"plateau" schedule: none is the validation accuracy; otherwise a '
+            'scikit-learn scorer name ("balanced_accuracy", "neg_log_loss", '
+            '"f1_macro", ...). (A scoring function can be given from Python '
+            "only.)"
+        ),
+        "rotation_degrees": (
+            "Training images are rotated by a random angle of up to this many "
+            "degrees either way, a batch at a time on the device, corners "
+            "filled with black."
+        ),
+        "lora_rank": (
+            "An int trains low-rank adapters (LoRA) of that rank on the "
+            "convolution weights of the trainable stages, their pretrained "
+            "weights frozen (the head and batch norms train in full); none "
+            "fine-tunes every weight."
+        ),
+    },
 )
 
 _TRAIN_EPILOG = """\
@@ -234,7 +259,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="seeds the subsample, the split and the training (random_state)",
     )
     estimator = parser.add_argument_group(
-        "estimator", "ResNetFineTuneClassifier's parameters ('none' is None)"
+        "estimator", "ResNetFineTuneClassifier's parameters, as options"
     )
     ESTIMATOR_OPTIONS.add_arguments(estimator)
     estimator.add_argument(

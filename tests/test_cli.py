@@ -6,6 +6,7 @@ import argparse
 import csv
 import inspect
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -262,6 +263,12 @@ def test_every_parameter_is_an_option_or_excluded_with_a_reason(name):
         return
     option = "--" + name.replace("_", "-")
     assert option in actions[name].option_strings
+    if name in ESTIMATOR_OPTIONS.help_texts:  # written for a shell
+        assert (
+            actions[name].help.split()[:3]
+            == (ESTIMATOR_OPTIONS.help_texts[name].split()[:3])
+        )
+        return
     # Help is the docstring's, so it says what the docstring says first.
     description = parameter_docs(ResNetFineTuneClassifier)[name][1]
     first_words = " ".join(description.replace("``", "").split()[:2])
@@ -271,6 +278,7 @@ def test_every_parameter_is_an_option_or_excluded_with_a_reason(name):
 def test_no_exclusion_or_command_default_names_a_missing_parameter():
     assert set(ESTIMATOR_OPTIONS.excluded) <= set(PARAMETERS)
     assert set(ESTIMATOR_OPTIONS.command_defaults) <= set(PARAMETERS)
+    assert set(ESTIMATOR_OPTIONS.help_texts) <= set(ESTIMATOR_OPTIONS.parameters)
     assert not set(ESTIMATOR_OPTIONS.excluded) & set(ESTIMATOR_OPTIONS.command_defaults)
 
 
@@ -379,6 +387,20 @@ def test_a_lora_rank_too_large_for_the_network_exits_2_before_any_work(
     assert "error: --lora-rank 100 is larger than the convolution 'conv1'" in err
     assert "Pass --lora-rank <= 49" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_option_help_reads_for_a_shell():
+    """No Python values or parameter names in the train options' help; what
+    only Python can pass is said to be so."""
+    text = " ".join(
+        build_parser().parse_args(["train"]).command_parser.format_help().split()
+    )
+    for python in ("None", "True", "False", "dict", "callable", r"\w+_\w+="):
+        assert not re.search(rf"\b{python}\b", text), python
+    for name in ("layer_lr_decay", "freeze_epochs", "rotation_degrees"):
+        assert name not in text
+    assert "--weights none" in text and "none fine-tunes every weight" in text
+    assert "from Python only" in text
 
 
 def test_messages_in_option_terms():
