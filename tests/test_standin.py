@@ -212,7 +212,6 @@ def test_bench_recipes_from_the_standin_smoke(standin, tmp_path):
         for run in result["runs"][name]:
             assert len(run["val_accuracy_per_epoch"]) == 2
             assert run["val_accuracy"] == max(run["val_accuracy_per_epoch"])
-            assert 0.0 <= run["test_accuracy"] <= 1.0
             assert run["seconds_per_step"] > 0
     summary = result["summary"]
     assert summary["defaults"]["vs_other_init"]["verdict"] in {
