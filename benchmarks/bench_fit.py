@@ -59,7 +59,7 @@ from resnetclf._training import EpochLoop, autocast_context
 
 __all__ = ["VARIANTS", "check_targets", "format_report", "main", "run_benchmark"]
 
-# Targets of the issue "Speed and memory: a benchmark suite", for a 2-core CPU
+# Targets set for the library's speed, for a 2-core CPU
 # and batch_size=64: (arch, height, width) -> (fit / report-style loop,
 # fit / model-step bound).
 FIT_TARGETS: dict[tuple[str, int, int], tuple[float, float]] = {

@@ -362,14 +362,17 @@ def test_step_bound_takes_fits_optimizer_and_reference_the_reports():
 def test_docs_and_gpu_session_name_only_files_that_exist():
     docs = (ROOT / "docs" / "benchmarks.md").read_text()
     session = (BENCHMARKS / "gpu_session.sh").read_text()
-    # Retired scripts are named at a commit ("3c6aa8d:benchmarks/...") or in
-    # a checkout of one ("/tmp/old/benchmarks/...").
     for text in (docs, session):
         for script in set(re.findall(r"(?<![:/\w])benchmarks/(\w+\.(?:py|sh))", text)):
             assert (BENCHMARKS / script).is_file(), script
-    # Results are named by path; older ones at a commit ("abc1234:benchmarks/...").
-    for name in set(re.findall(r"(?<![:\w])benchmarks/results/([\w.-]+\.json)", docs)):
-        assert (BENCHMARKS / "results" / name).is_file(), name
+    # results/ holds exactly the files the page cites.
+    cited = set(re.findall(r"(?<![:\w])benchmarks/results/([\w.-]+\.json)", docs))
+    kept = {path.name for path in (BENCHMARKS / "results").glob("*.json")}
+    assert cited == kept, (cited - kept, kept - cited)
+    # Every image of docs/images/ is shown somewhere in the docs.
+    pages = " ".join(path.read_text() for path in (ROOT / "docs").glob("*.md"))
+    for image in (ROOT / "docs" / "images").glob("*.png"):
+        assert f"images/{image.name}" in pages, image.name
     checked = subprocess.run(
         ["bash", "-n", str(BENCHMARKS / "gpu_session.sh")], capture_output=True
     )
