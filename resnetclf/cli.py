@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import sys
 import textwrap
 import time
@@ -46,11 +47,13 @@ from resnetclf._cli_outputs import (
     write_predictions,
 )
 from resnetclf._fit_setup import check_before_data
-from resnetclf.datasets import load_merged, make_digit_sums
+from resnetclf.datasets import load_merged, make_digit_sums, write_merged
 
 __all__ = ["build_parser", "main", "predict", "train"]
 
 CHECKPOINT_NAME = "resnet-step.safetensors"
+# The merged dataset's image shape, as make_digit_sums makes it by default.
+STAND_IN_SHAPE = inspect.signature(make_digit_sums).parameters["image_shape"].default
 MODEL_FOLDER = "model"
 
 # The estimator's parameters are the train command's options (see
@@ -154,7 +157,7 @@ def _paragraph(text: str) -> str:
 
 # ---------------------------------------------------------------- arguments
 def build_parser() -> argparse.ArgumentParser:
-    """The ``resnetclf`` parser with its ``train`` and ``predict`` subcommands.
+    """The ``resnetclf`` parser with its subcommands.
 
     Returns
     -------
@@ -167,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
             """Fine-tune torchvision ResNets on numpy images (the merged
             digit-sum dataset by default), and predict with the saved model."""
         ),
-        epilog="Run 'resnetclf train --help' or 'resnetclf predict --help'.",
+        epilog="Run 'resnetclf COMMAND --help' for a command's options.",
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=__version__)
@@ -206,7 +209,65 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.set_defaults(
         run=predict, check=_check_predict_arguments, command_parser=predict_parser
     )
+    data_parser = commands.add_parser(
+        "make-data",
+        help="write stand-in data in the merged dataset's layout",
+        description=_paragraph(
+            """Make images of handwritten digits side by side, labelled with
+            their sum, from scikit-learn's bundled digits (no download), and
+            write them as data0.npy.. / lab0.npy.. files that 'resnetclf train
+            --data-dir' reads."""
+        ),
+        epilog="example:\n  resnetclf make-data --out data/merged --n-samples 3000",
+        formatter_class=_HelpFormatter,
+    )
+    _add_make_data_arguments(data_parser)
+    data_parser.set_defaults(
+        run=make_data,
+        check=lambda parser, args: None,
+        command_parser=data_parser,
+        threads=None,
+    )
     return parser
+
+
+def _add_make_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="folder to write the files to"
+    )
+    parser.add_argument(
+        "--n-samples",
+        type=_positive_int,
+        required=True,
+        metavar="N",
+        help="number of images in all",
+    )
+    parser.add_argument(
+        "--n-digits",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="digits per image",
+    )
+    parser.add_argument(
+        "--shape",
+        type=_positive_int,
+        nargs=2,
+        metavar=("HEIGHT", "WIDTH"),
+        default=STAND_IN_SHAPE,
+        help="image shape",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--n-subsets",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="number of data{i}.npy / lab{i}.npy file pairs",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace files that already exist"
+    )
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -229,7 +290,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         nargs=2,
         metavar=("HEIGHT", "WIDTH"),
-        default=(40, 168),
+        default=STAND_IN_SHAPE,
         help="shape of the stand-in images (four digits each; at least 8 32)",
     )
     data.add_argument(
@@ -383,7 +444,7 @@ def _check_predict_arguments(parser: argparse.ArgumentParser, args) -> None:
 
 # --------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``resnetclf train`` or ``resnetclf predict``.
+    """Run ``resnetclf train``, ``resnetclf predict`` or ``resnetclf make-data``.
 
     Parameters
     ----------
@@ -407,6 +468,48 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _error(message: str) -> None:
     print(f"resnetclf: error: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- make-data
+def make_data(args: argparse.Namespace) -> int:
+    """The ``make-data`` subcommand; see ``resnetclf make-data -h``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments of ``make-data``.
+
+    Returns
+    -------
+    status : int
+        0 on success, 1 if the files cannot be written (for instance because
+        they exist and ``--overwrite`` was not given).
+    """
+    try:
+        X, y = make_digit_sums(
+            args.n_samples,
+            n_digits=args.n_digits,
+            image_shape=tuple(args.shape),
+            random_state=args.seed,
+        )
+    except (TypeError, ValueError) as exc:
+        options = {"n_digits": "--n-digits", "image_shape": "--shape"}
+        args.command_parser.error(in_option_terms(str(exc), options))
+    try:
+        paths = write_merged(args.out, X, y, args.n_subsets, overwrite=args.overwrite)
+    except (OSError, ValueError) as exc:
+        _error(str(exc))
+        return 1
+    for path in paths:
+        array = np.load(path, mmap_mode="r")
+        print(f"wrote {path}  shape={array.shape} dtype={array.dtype}")
+    height, width = args.shape
+    print(
+        f"{len(X)} images of {height}x{width} with {args.n_digits} digits, "
+        f"labels {y.min()}..{y.max()} ({len(np.unique(y))} distinct), "
+        f"in {args.n_subsets} subsets under {args.out}"
+    )
+    return 0
 
 
 # -------------------------------------------------------------------- train
