@@ -174,13 +174,16 @@ def warmup_size(config: BenchConfig, n_available: int) -> int:
     return min(n_available, int(round(2 * config.batch_size / 0.9)) + 1)
 
 
-def fitted_classifier(X: np.ndarray, y: np.ndarray, config: BenchConfig):
+def fitted_classifier(
+    X: np.ndarray, y: np.ndarray, config: BenchConfig, **overrides: Any
+):
     """A classifier after one short epoch, for timing what predict costs.
 
     The weights do not change predict's cost, so two batches suffice.
+    ``overrides`` are further estimator parameters.
     """
     n_fit = min(len(X), 2 * config.batch_size)
-    clf = make_classifier(config, max_iter=1, validation_fraction=0.0)
+    clf = make_classifier(config, max_iter=1, validation_fraction=0.0, **overrides)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return clf.fit(X[:n_fit], y[:n_fit])
@@ -205,14 +208,17 @@ def library_optimizer(
 ) -> torch.optim.Optimizer:
     """The optimizer fit builds by default: Adam over the stage parameter
     groups (layer-wise rate decay 0.5), fused where fit fuses it."""
-    import resnetclf._estimator
-    from resnetclf._param_groups import StageParamGroups, stage_learning_rates
+    from resnetclf._param_groups import (
+        StageParamGroups,
+        make_optimizer,
+        stage_learning_rates,
+    )
 
     stage_lrs = stage_learning_rates(lr, 0.5)
     stem_fold = 3 if model.conv1.in_channels == 1 else 1
     groups = StageParamGroups(model, stage_lrs, weight_decay, stem_fold).groups
-    # Looked up at call time, as fit does, so a patched _make_optimizer holds.
-    return resnetclf._estimator._make_optimizer("adam", groups, device)
+    # The function fit calls, so the switches of resnetclf._switches hold.
+    return make_optimizer("adam", groups, device)
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -56,11 +54,12 @@ from resnetclf._acceleration.conv_weight_grad import gemm_weight_grads
 from resnetclf._acceleration.cuda_graphs import CudaGraphedForward
 from resnetclf._acceleration.devices import amp_dtype_for
 from resnetclf._backbone import build_resnet
+from resnetclf._switches import switched
 from resnetclf._training import EpochLoop, autocast_context
 
 __all__ = ["VARIANTS", "check_targets", "format_report", "main", "run_benchmark"]
 
-# Targets of the issue "Speed and memory: a benchmark suite", for a 2-core CPU
+# Targets set for the library's speed, for a 2-core CPU
 # and batch_size=64: (arch, height, width) -> (fit / report-style loop,
 # fit / model-step bound).
 FIT_TARGETS: dict[tuple[str, int, int], tuple[float, float]] = {
@@ -98,28 +97,23 @@ _FIT_RATES = (
 
 
 # The library with one of its speed means off (torch_compile: on): name ->
-# (estimator parameters, patches). A patch (module, name, value) replaces the
-# name in every module of the library that holds the same object.
-VARIANTS: dict[str, tuple[dict[str, Any], tuple[tuple[str, str, Any], ...]]] = {
+# (estimator parameters, switches of resnetclf._switches, the library's one
+# hook for benchmarks).
+VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # Batches gathered on the host and copied one at a time (pinned on CUDA),
     # not from a copy of the data on the device.
-    "streamed_batches": ({}, (("resnetclf._images", "_fits_on_device",
-                               lambda *args: False),)),
-    "no_cudnn_autotune": ({}, (("resnetclf._acceleration.devices",
-                                "cudnn_autotuned",
-                                lambda device: contextlib.nullcontext()),)),
+    "streamed_batches": ({}, {"resident_data": False}),
+    "no_cudnn_autotune": ({}, {"cudnn_autotune": False}),
     # Every pass launched kernel by kernel, none replayed from a CUDA graph.
-    "no_cuda_graphs": ({}, (("resnetclf._acceleration.cuda_graphs",
-                             "MIN_REPLAYS", 10**9),)),
+    "no_cuda_graphs": ({}, {"cuda_graphs": False}),
     # Every weight gradient from oneDNN, none as one product over the batch.
-    "onednn_weight_grads": ({}, (("resnetclf._acceleration.conv_weight_grad",
-                                  "MAX_OUTPUT_POSITIONS", 0),)),
-    "fp32": ({"precision": "fp32"}, ()),
-    "bf16": ({"precision": "bf16"}, ()),
+    "onednn_weight_grads": ({}, {"batched_weight_grads": False}),
+    "fp32": ({"precision": "fp32"}, {}),
+    "bf16": ({"precision": "bf16"}, {}),
     # Its first epoch, which compiles, is left out like every first epoch.
-    "torch_compile": ({"torch_compile": True}, ()),
-    "torch_compile_reduce_overhead": ({"torch_compile": "reduce-overhead"}, ()),
-}  # fmt: skip
+    "torch_compile": ({"torch_compile": True}, {}),
+    "torch_compile_reduce_overhead": ({"torch_compile": "reduce-overhead"}, {}),
+}
 # Variants that cannot differ from the library on the other kind of device.
 CUDA_ONLY = {"streamed_batches", "no_cudnn_autotune", "no_cuda_graphs"}
 CPU_ONLY = {"onednn_weight_grads"}
@@ -127,24 +121,13 @@ CPU_ONLY = {"onednn_weight_grads"}
 
 @contextlib.contextmanager
 def library_variant(name: str | None) -> Iterator[dict[str, Any]]:
-    """Patch the library for the block as variant ``name`` (None: the library
-    itself); yields the variant's estimator parameters."""
-    params, patches = VARIANTS[name] if name else ({}, ())
-    with contextlib.ExitStack() as stack:
-        for module_name, attribute, value in patches:
-            original = getattr(importlib.import_module(module_name), attribute)
-            holders = [
-                module
-                for key, module in list(sys.modules.items())
-                if key.startswith("resnetclf")
-                and getattr(module, attribute, None) is original
-            ]
-            for module in holders:
-                stack.enter_context(mock.patch.object(module, attribute, value))
+    """Switch the library for the block as variant ``name`` (None: the
+    library itself); yields the variant's estimator parameters."""
+    params, changes = VARIANTS[name] if name else ({}, {})
+    with switched(**changes):
         yield params
 
 
-# ----------------------------------------------------------------------- fit
 def epoch_rates(
     n_train: int, epoch_seconds: Sequence[float], epoch_cpu_seconds: Sequence[float]
 ) -> dict[str, Any]:

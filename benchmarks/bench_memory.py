@@ -23,25 +23,24 @@ shows whether the library *holds* copies. Linux only. Example::
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import _harness
 import _suite
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
 from _peak_rss import PeakRSS, reset_peak_rss
 from _suite import BenchConfig
 from bench_predict import plain_predict_uint8
 from torch import nn
 
-import resnetclf._estimator
 from resnetclf._images import random_rotate
 
 # Memory fit and predict add beyond model and batch, in units of the raw uint8
@@ -62,13 +61,16 @@ RATIO_LABELS = {
 }
 
 
-class StubResNet(nn.Module):
+class StubResNet(torchvision.models.ResNet):
     """A ResNet-shaped network of a few hundred weights, for memory runs.
 
-    It has the attributes the library's stage handling uses (``conv1``,
-    ``bn1``, ``layer1`` .. ``layer4``, ``fc``) and costs next to nothing, so
-    30,000 images go through ``fit`` and ``predict`` in seconds while every
-    line of the library's data path runs as it does for a real ResNet.
+    It has ResNet's layout (``conv1``, ``bn1``, ``layer1`` .. ``layer4``,
+    ``fc``) and costs next to nothing, so 30,000 images go through ``fit``
+    and ``predict`` in seconds while every line of the library's data path
+    runs as it does for a real ResNet. ``fit`` builds it through its ``arch``
+    parameter, which takes a callable returning a torchvision ResNet; it
+    folds the RGB stem to one channel for grayscale images as it would a
+    ResNet's.
 
     Parameters
     ----------
@@ -78,8 +80,9 @@ class StubResNet(nn.Module):
         Input channels of ``conv1``.
     """
 
-    def __init__(self, n_classes: int, in_channels: int) -> None:
-        super().__init__()
+    def __init__(self, n_classes: int, in_channels: int = 3) -> None:
+        # ResNet's own layers are not wanted: only nn.Module's set-up.
+        nn.Module.__init__(self)
         self.conv1 = nn.Conv2d(
             in_channels, 8, kernel_size=3, stride=4, padding=1, bias=False
         )
@@ -101,13 +104,9 @@ def _stub(config: BenchConfig, in_channels: int) -> nn.Module:
     return StubResNet(config.n_classes, in_channels)
 
 
-def library_with_stub(config: BenchConfig) -> contextlib.AbstractContextManager:
-    """Make fit build the stub network instead of the real ResNet."""
-
-    def build(arch, weights, n_classes, in_channels, **options):
-        return _stub(config, in_channels)
-
-    return mock.patch.object(resnetclf._estimator, "build_resnet", build)
+def stub_arch(config: BenchConfig) -> Callable[[], nn.Module]:
+    """The ``arch`` that makes fit build the stub network, RGB stem and all."""
+    return functools.partial(_stub, config, 3)
 
 
 def _setup(config: BenchConfig) -> tuple[torch.device, np.ndarray, np.ndarray]:
@@ -134,8 +133,8 @@ def measure_fit_library(config: BenchConfig) -> dict[str, Any]:
     the peak is reset, so what is reported is what the call adds on top.
     """
     device, X, y = _setup(config)
-    clf = _suite.make_classifier(config, max_iter=1)
-    with library_with_stub(config), PeakRSS(device) as memory:
+    clf = _suite.make_classifier(config, max_iter=1, arch=stub_arch(config))
+    with PeakRSS(device) as memory:
         start = time.perf_counter()
         clf.fit(X, y)
         seconds = time.perf_counter() - start
@@ -184,8 +183,7 @@ def measure_fit_plain(config: BenchConfig) -> dict[str, Any]:
 def measure_predict_library(config: BenchConfig) -> dict[str, Any]:
     """Peak RSS that ``predict`` adds on ``memory_samples`` images."""
     device, X, y = _setup(config)
-    with library_with_stub(config):
-        clf = _suite.fitted_classifier(X, y, config)
+    clf = _suite.fitted_classifier(X, y, config, arch=stub_arch(config))
     clf.predict(X[: config.batch_size])  # one-off set-up, as in the reference
     with PeakRSS(device) as memory:
         start = time.perf_counter()

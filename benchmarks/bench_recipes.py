@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import math
 import platform
@@ -63,7 +62,6 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import torch
@@ -76,7 +74,7 @@ from _suite import BenchConfig  # noqa: E402
 from standin import CACHE_DIR, StandinConfig, digit_halves, make_standin  # noqa: E402
 
 from resnetclf import ResNetFineTuneClassifier, train_val_test_split  # noqa: E402
-from resnetclf._param_groups import make_optimizer  # noqa: E402
+from resnetclf._switches import switched  # noqa: E402
 from resnetclf.datasets import make_digit_sums  # noqa: E402
 
 TASKS = {
@@ -111,56 +109,32 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
-class _NearestSampling:
-    """``torch.nn.functional`` with ``grid_sample`` by nearest neighbour, as
-    torchvision's ``RandomRotation`` samples by default."""
-
-    def __getattr__(self, name: str):
-        return getattr(torch.nn.functional, name)
-
-    @staticmethod
-    def grid_sample(*args, **kwargs):
-        return torch.nn.functional.grid_sample(*args, **{**kwargs, "mode": "nearest"})
-
-
-def _unfused_adam(name, groups, device):
-    """torch's default Adam implementation over the library's groups."""
-    return torch.optim.Adam(groups)
-
-
-def _decay_everything(name, groups, device):
-    """The library's optimizer with weight decay on norms and biases too."""
-    decay = max(group["weight_decay"] for group in groups)
-    for group in groups:
-        group["weight_decay"] = decay
-    return make_optimizer(name, groups, device)
-
-
 # The library with one difference from the report loop taken away, to find
 # which one a gap between them comes from: "<recipe>@<variant>[+<variant>]".
-# Each patch is (module, attribute, value).
-LIBRARY_VARIANTS: dict[str, tuple[tuple[str, str, Any], ...]] = {
-    "unfused_adam": (("resnetclf._estimator", "_make_optimizer", _unfused_adam),),
-    "decay_all": (("resnetclf._estimator", "_make_optimizer", _decay_everything),),
-    "nearest_rotation": (("resnetclf._images", "F", _NearestSampling()),),
+# Each variant sets switches of resnetclf._switches, the library's one hook
+# for benchmarks.
+LIBRARY_VARIANTS: dict[str, dict[str, Any]] = {
+    # torch's default Adam implementation over the library's groups.
+    "unfused_adam": {"fused_optimizer": False},
+    # Weight decay on norms and biases too.
+    "decay_all": {"decay_norms_and_biases": True},
+    # Rotation by nearest neighbour, as torchvision's RandomRotation samples.
+    "nearest_rotation": {"rotation_sampling": "nearest"},
     # Gray images fed to an RGB stem as three repeated channels, as the
     # report loop does, instead of folding the stem to one channel.
-    "rgb_stem": (("resnetclf._estimator", "model_input_channels", lambda *a: 3),),
+    "rgb_stem": {"fold_gray_stem": False},
     # Every weight gradient from oneDNN, none as one product over the batch.
-    "onednn_weight_grads": (
-        ("resnetclf._acceleration.conv_weight_grad", "MAX_OUTPUT_POSITIONS", 0),
-    ),
+    "onednn_weight_grads": {"batched_weight_grads": False},
 }
 
 
 @contextlib.contextmanager
 def library_variants(names: list[str]):
-    """Patch the library as the variants ``names`` say for the block."""
-    with contextlib.ExitStack() as stack:
-        for name in names:
-            for module, attribute, value in LIBRARY_VARIANTS[name]:
-                target = importlib.import_module(module)
-                stack.enter_context(mock.patch.object(target, attribute, value))
+    """Switch the library as the variants ``names`` say for the block."""
+    changes: dict[str, Any] = {}
+    for name in names:
+        changes.update(LIBRARY_VARIANTS[name])
+    with switched(**changes):
         yield
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fine-tuning recipes at the report's scale, on a lent GPU (issue 17, item 5):
+# Fine-tuning recipes at the report's scale, on a lent GPU:
 # four-digit sums at 40x168 (37 classes), 30,000 images, 30 epochs, one seed
 # per recipe, ResNet18 then ResNet50; from a stand-in backbone pretrained on
 # the device at a matching size (single digits of the source half at 40x40),
@@ -18,7 +18,7 @@
 #
 # SAMPLES (30000), EPOCHS (30), ARCHS ("resnet18 resnet50"), BEST (the methods
 # of the "best" recipe, chosen on the CPU runs' validation: the cosine
-# schedule, chosen on both tasks at 600 images, docs/benchmarks.md [21]),
+# schedule, chosen on both tasks at 600 images, docs/benchmarks.md),
 # STANDIN_SAMPLES (20000), STANDIN_EPOCHS (8), DEVICE (cuda), BATCH (64),
 # RUN_TIMEOUT (seconds per network, 300).
 set -uo pipefail

@@ -234,12 +234,16 @@ class EstimatorOptions:
     command_defaults : mapping of str to tuple (value, reason)
         Parameters whose option defaults to another value than the
         estimator's, each with the reason why.
+    help_texts : mapping of str to str
+        Help written for a shell user, for parameters whose documentation
+        speaks of values (a callable, a mapping) the command line cannot give.
     """
 
     estimator: type
     aliases: Mapping[str, Sequence[str]] = field(default_factory=dict)
     excluded: Mapping[str, str] = field(default_factory=dict)
     command_defaults: Mapping[str, tuple[object, str]] = field(default_factory=dict)
+    help_texts: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def parameters(self) -> list[str]:
@@ -252,6 +256,7 @@ class EstimatorOptions:
         signature = inspect.signature(self.estimator).parameters
         constraints = self.estimator._parameter_constraints
         docs = parameter_docs(self.estimator)
+        options = {name: option_name(name) for name in self.parameters}
         for name in self.parameters:
             entry = _unwrapped(constraints.get(name, "no_validation"))
             description = docs.get(name, ("", ""))[1]
@@ -259,7 +264,9 @@ class EstimatorOptions:
             if name in self.command_defaults:
                 default = self.command_defaults[name][0]
             strings = [option_name(name), *self.aliases.get(name, ())]
-            kwargs = dict(dest=name, default=default, help=_help(description))
+            text = self.help_texts.get(name) or _help(description)
+            help_text = shell_terms(text, options)
+            kwargs = dict(dest=name, default=default, help=help_text)
             if entry == ["boolean"]:
                 group.add_argument(
                     *strings, action=argparse.BooleanOptionalAction, **kwargs
@@ -282,6 +289,32 @@ class EstimatorOptions:
         names = {name: option_name(name) for name in self.parameters}
         names.update(getattr(args, "_spelled", {}))
         return names
+
+
+def shell_terms(text: str, options: Mapping[str, str]) -> str:
+    """Help ``text`` as a shell user types it: parameters as options
+    (``weights=None`` becomes ``--weights none``), and None, True and False
+    as the command line spells them.
+
+    Parameters
+    ----------
+    text : str
+        Help written from the estimator's documentation.
+    options : mapping of str to str
+        ``parameter -> option string``.
+
+    Returns
+    -------
+    text : str
+        The help in option terms.
+    """
+    for name, option in options.items():
+        text = re.sub(rf"\b{name}=", f"{option} ", text)
+        if "_" in name:
+            text = re.sub(rf"(?<![\w'-]){name}\b(?!_)", option, text)
+    for python, shell in (("None", "none"), ("True", "true"), ("False", "false")):
+        text = re.sub(rf"\b{python}\b", shell, text)
+    return text
 
 
 # A set of quoted names in a message (scikit-learn lists every scorer).

@@ -42,9 +42,9 @@ from resnetclf._fit_setup import (
     FitData,
     FitParams,
     FitSetup,
+    check_before_data,
     check_kept_network,
     check_new_network,
-    check_params,
     check_writable,
     restored_on_error,
     torch_seeded,
@@ -87,9 +87,6 @@ from resnetclf._training import (
 from resnetclf.heads import HEAD_NAMES, DigitSumHead, resolve_head
 
 __all__ = ["ResNetFineTuneClassifier"]
-
-# benchmarks/_suite.py builds fit's optimizer through this name.
-_make_optimizer = make_optimizer
 
 
 class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
@@ -480,9 +477,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         self : ResNetFineTuneClassifier
             The fitted estimator.
         """
-        self._validate_params()
-        # What the constraints cannot express: the parameters together.
-        params = check_params(self)
+        params = check_before_data(self)
         # Decided once: a warm start continues the fitted network and history.
         warm = self.warm_start and hasattr(self, "module_")
         # validate_data sets n_features_in_ at once; a refused fit restores it.
@@ -630,7 +625,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         # A 1-channel conv1 is always the RGB stem folded over repeated gray.
         stem_fold = 3 if model.conv1.in_channels == 1 else 1
         groups = StageParamGroups(model, setup.stage_lrs, self.weight_decay, stem_fold)
-        optimizer = _make_optimizer(self.optimizer, groups.groups, device)
+        optimizer = make_optimizer(self.optimizer, groups.groups, device)
         schedule = EpochSchedule(
             self.lr_schedule,
             optimizer,

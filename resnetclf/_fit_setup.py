@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import check_scoring
 from torch import nn
 
 from resnetclf._acceleration.devices import amp_dtype_for, resolve_device
@@ -26,8 +27,14 @@ from resnetclf._backbone import (
     check_arch,
     layer4_channels,
     make_head,
+    resolve_weights,
 )
-from resnetclf._images import ImageBatches, ImageLayout, resolve_normalization
+from resnetclf._images import (
+    ImageBatches,
+    ImageLayout,
+    model_input_channels,
+    resolve_normalization,
+)
 from resnetclf._lora import check_lora_rank
 from resnetclf._param_groups import (
     check_layer_lr_decay,
@@ -44,6 +51,7 @@ __all__ = [
     "FitData",
     "FitParams",
     "FitSetup",
+    "check_before_data",
     "check_kept_network",
     "check_new_network",
     "check_params",
@@ -256,6 +264,44 @@ def check_new_network(
                 )
     if lora_rank is not None:
         check_lora_rank(probe, lora_rank, trainable_stages(stage_lrs))
+
+
+def check_before_data(estimator, image_channels: int | None = None) -> FitParams:
+    """Every check of ``fit`` that needs no data, in one place.
+
+    ``fit`` runs it first; ``resnetclf train`` runs it before reading any
+    image, so that a bad option is refused at once.
+
+    Parameters
+    ----------
+    estimator : ResNetFineTuneClassifier
+        The estimator whose parameters to check.
+    image_channels : int, default=None
+        Channels of the images to come (1 for grayscale, 3 for colour), when
+        known before the data: then the new network's checks run too (a
+        callable ``arch`` builds a ResNet, ``lora_rank`` suits its
+        convolutions), which ``fit`` otherwise runs once it has seen the data.
+
+    Returns
+    -------
+    params : FitParams
+        The values the checks resolved.
+    """
+    estimator._validate_params()
+    # What the constraints cannot express: the parameters together.
+    params = check_params(estimator)
+    resolve_weights(estimator.arch, estimator.weights)
+    if estimator.scoring is not None:
+        check_scoring(estimator, scoring=estimator.scoring)  # as EpochScorer does
+    if image_channels is not None:
+        channels = model_input_channels(image_channels, params.mean, params.std)
+        # Two classes stand in for the data's: no check below depends on
+        # them (the head's output is probed once fit has seen the data).
+        check_new_network(
+            estimator.arch, np.arange(2), channels, estimator.lora_rank,
+            params.stage_lrs,
+        )  # fmt: skip
+    return params
 
 
 def check_kept_network(

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from resnetclf._switches import current as switches
 from resnetclf._warnings import user_stacklevel
 
 __all__ = [
@@ -202,7 +203,8 @@ def model_input_channels(input_channels: int, mean, std) -> int:
     gray channel is repeated (as a view, not a copy) and normalised per channel.
     """
     uniform = len(set(mean)) == 1 and len(set(std)) == 1
-    return 1 if input_channels == 1 and uniform else 3
+    fold = uniform and switches().fold_gray_stem
+    return 1 if input_channels == 1 and fold else 3
 
 
 def random_rotate(
@@ -232,7 +234,11 @@ def rotate(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     ).to(images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(
-        images, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        images,
+        grid,
+        mode=switches().rotation_sampling,
+        padding_mode="zeros",
+        align_corners=False,
     )
 
 
@@ -397,7 +403,7 @@ _RESIDENT_MEMORY_SHARE = 0.25
 
 
 def _fits_on_device(X: np.ndarray, device: torch.device) -> bool:
-    if device.type != "cuda":
+    if device.type != "cuda" or not switches().resident_data:
         return False
     if X.dtype not in _TORCH_NATIVE_DTYPES or not X.flags.c_contiguous:
         return False

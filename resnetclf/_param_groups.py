@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from resnetclf._switches import current as switches
+
 __all__ = [
     "OPTIMIZERS",
     "STAGES",
@@ -237,10 +239,14 @@ def make_optimizer(
     name: str, groups: list[dict], device: torch.device
 ) -> torch.optim.Optimizer:
     """The optimizer ``name`` ("adam", "adamw" or "sgd") over ``groups``."""
+    if switches().decay_norms_and_biases:
+        decay = max(group["weight_decay"] for group in groups)
+        for group in groups:
+            group["weight_decay"] = decay
     if name == "sgd":
         return torch.optim.SGD(groups, momentum=0.9)
     optimizer_class = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     # The fused kernels halve the optimizer step (CPU and CUDA since torch 2.4,
     # below the 2.5.1 floor).
-    fused = device.type in ("cpu", "cuda")
+    fused = device.type in ("cpu", "cuda") and switches().fused_optimizer
     return optimizer_class(groups, fused=fused or None)

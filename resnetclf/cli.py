@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import sys
 import textwrap
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import check_scoring, classification_report
+from sklearn.metrics import classification_report
 
 from resnetclf import (
     DigitSumHead,
@@ -32,7 +33,6 @@ from resnetclf import (
     train_val_test_split,
 )
 from resnetclf._acceleration.devices import resolve_device
-from resnetclf._backbone import resolve_weights
 from resnetclf._cli_options import (
     EstimatorOptions,
     in_option_terms,
@@ -47,12 +47,14 @@ from resnetclf._cli_outputs import (
     write_prediction_metrics,
     write_predictions,
 )
-from resnetclf._fit_setup import check_params
-from resnetclf.datasets import load_merged, make_digit_sums
+from resnetclf._fit_setup import check_before_data
+from resnetclf.datasets import load_merged, make_digit_sums, write_merged
 
 __all__ = ["build_parser", "main", "predict", "train"]
 
 CHECKPOINT_NAME = "resnet-step.safetensors"
+# The merged dataset's image shape, as make_digit_sums makes it by default.
+STAND_IN_SHAPE = inspect.signature(make_digit_sums).parameters["image_shape"].default
 MODEL_FOLDER = "model"
 
 # The estimator's parameters are the train command's options (see
@@ -69,6 +71,38 @@ ESTIMATOR_OPTIONS = EstimatorOptions(
     },
     command_defaults={
         "verbose": (1, "a command reports each epoch; the estimator is silent"),
+    },
+    help_texts={
+        "class_weight": (
+            'Weights of the classes in the loss: "balanced" weights each class '
+            "by n_samples / (n_classes * count); none weighs every class alike. "
+            "(Weights per label can be given from Python only.)"
+        ),
+        "scoring": (
+            "What picks the best epoch, drives early stopping and the "
+            '"plateau" schedule: none is the validation accuracy; otherwise a '
+            'scikit-learn scorer name ("balanced_accuracy", "neg_log_loss", '
+            '"f1_macro", ...). (A scoring function can be given from Python '
+            "only.)"
+        ),
+        "rotation_degrees": (
+            "Training images are rotated by a random angle of up to this many "
+            "degrees either way, a batch at a time on the device, corners "
+            "filled with black."
+        ),
+        "head": (
+            'What reads the last stage\'s feature map: "linear" is '
+            "torchvision's pooled linear layer, one output per class; "
+            '"digit-sum" reads each of --digits digits and predicts their sum, '
+            "learning the digits from the sums alone. (A head of your own can "
+            "be given from Python only.)"
+        ),
+        "lora_rank": (
+            "An int trains low-rank adapters (LoRA) of that rank on the "
+            "convolution weights of the trainable stages, their pretrained "
+            "weights frozen (the head and batch norms train in full); none "
+            "fine-tunes every weight."
+        ),
     },
 )
 
@@ -131,7 +165,7 @@ def _paragraph(text: str) -> str:
 
 # ---------------------------------------------------------------- arguments
 def build_parser() -> argparse.ArgumentParser:
-    """The ``resnetclf`` parser with its ``train`` and ``predict`` subcommands.
+    """The ``resnetclf`` parser with its subcommands.
 
     Returns
     -------
@@ -144,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
             """Fine-tune torchvision ResNets on numpy images (the merged
             digit-sum dataset by default), and predict with the saved model."""
         ),
-        epilog="Run 'resnetclf train --help' or 'resnetclf predict --help'.",
+        epilog="Run 'resnetclf COMMAND --help' for a command's options.",
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=__version__)
@@ -183,7 +217,65 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.set_defaults(
         run=predict, check=_check_predict_arguments, command_parser=predict_parser
     )
+    data_parser = commands.add_parser(
+        "make-data",
+        help="write stand-in data in the merged dataset's layout",
+        description=_paragraph(
+            """Make images of handwritten digits side by side, labelled with
+            their sum, from scikit-learn's bundled digits (no download), and
+            write them as data0.npy.. / lab0.npy.. files that 'resnetclf train
+            --data-dir' reads."""
+        ),
+        epilog="example:\n  resnetclf make-data --out data/merged --n-samples 3000",
+        formatter_class=_HelpFormatter,
+    )
+    _add_make_data_arguments(data_parser)
+    data_parser.set_defaults(
+        run=make_data,
+        check=lambda parser, args: None,
+        command_parser=data_parser,
+        threads=None,
+    )
     return parser
+
+
+def _add_make_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="folder to write the files to"
+    )
+    parser.add_argument(
+        "--n-samples",
+        type=_positive_int,
+        required=True,
+        metavar="N",
+        help="number of images in all",
+    )
+    parser.add_argument(
+        "--n-digits",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="digits per image",
+    )
+    parser.add_argument(
+        "--shape",
+        type=_positive_int,
+        nargs=2,
+        metavar=("HEIGHT", "WIDTH"),
+        default=STAND_IN_SHAPE,
+        help="image shape",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--n-subsets",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="number of data{i}.npy / lab{i}.npy file pairs",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace files that already exist"
+    )
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -206,7 +298,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         nargs=2,
         metavar=("HEIGHT", "WIDTH"),
-        default=(40, 168),
+        default=STAND_IN_SHAPE,
         help="shape of the stand-in images (four digits each; at least 8 32)",
     )
     data.add_argument(
@@ -236,7 +328,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="seeds the subsample, the split and the training (random_state)",
     )
     estimator = parser.add_argument_group(
-        "estimator", "ResNetFineTuneClassifier's parameters ('none' is None)"
+        "estimator", "ResNetFineTuneClassifier's parameters, as options"
     )
     ESTIMATOR_OPTIONS.add_arguments(estimator)
     estimator.add_argument(
@@ -348,19 +440,11 @@ def _check_train_arguments(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--val-size and --test-size must leave images for training")
     clf = _classifier(args, Path(args.out) / CHECKPOINT_NAME)
     try:
-        _check_parameters(clf)
+        # The command's images are grayscale: the network can be checked too.
+        check_before_data(clf, image_channels=1)
     except (ValueError, TypeError, OSError) as exc:
         options = {**ESTIMATOR_OPTIONS.option_names(args), "random_state": "--seed"}
         parser.error(in_option_terms(str(exc), options))
-
-
-def _check_parameters(clf: ResNetFineTuneClassifier) -> None:
-    """The checks ``fit`` runs on the parameters before it looks at data."""
-    clf._validate_params()
-    check_params(clf)
-    resolve_weights(clf.arch, clf.weights)
-    if clf.scoring is not None:
-        check_scoring(clf, scoring=clf.scoring)  # as fit's EpochScorer does
 
 
 def _check_predict_arguments(parser: argparse.ArgumentParser, args) -> None:
@@ -376,7 +460,7 @@ def _check_predict_arguments(parser: argparse.ArgumentParser, args) -> None:
 
 # --------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``resnetclf train`` or ``resnetclf predict``.
+    """Run ``resnetclf train``, ``resnetclf predict`` or ``resnetclf make-data``.
 
     Parameters
     ----------
@@ -400,6 +484,48 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _error(message: str) -> None:
     print(f"resnetclf: error: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- make-data
+def make_data(args: argparse.Namespace) -> int:
+    """The ``make-data`` subcommand; see ``resnetclf make-data -h``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments of ``make-data``.
+
+    Returns
+    -------
+    status : int
+        0 on success, 1 if the files cannot be written (for instance because
+        they exist and ``--overwrite`` was not given).
+    """
+    try:
+        X, y = make_digit_sums(
+            args.n_samples,
+            n_digits=args.n_digits,
+            image_shape=tuple(args.shape),
+            random_state=args.seed,
+        )
+    except (TypeError, ValueError) as exc:
+        options = {"n_digits": "--n-digits", "image_shape": "--shape"}
+        args.command_parser.error(in_option_terms(str(exc), options))
+    try:
+        paths = write_merged(args.out, X, y, args.n_subsets, overwrite=args.overwrite)
+    except (OSError, ValueError) as exc:
+        _error(str(exc))
+        return 1
+    for path in paths:
+        array = np.load(path, mmap_mode="r")
+        print(f"wrote {path}  shape={array.shape} dtype={array.dtype}")
+    height, width = args.shape
+    print(
+        f"{len(X)} images of {height}x{width} with {args.n_digits} digits, "
+        f"labels {y.min()}..{y.max()} ({len(np.unique(y))} distinct), "
+        f"in {args.n_subsets} subsets under {args.out}"
+    )
+    return 0
 
 
 # -------------------------------------------------------------------- train

@@ -12,17 +12,15 @@ digits (:func:`sklearn.datasets.load_digits`, no download needed), and
 :func:`load_merged`, the examples and the tests can run end to end on files.
 The same is available from the command line::
 
-    python -m resnetclf.datasets --out DIR --n-samples 1000
+    resnetclf make-data --out DIR --n-samples 1000
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import numbers
 import os
-import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,7 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.utils import check_random_state
 
-__all__ = ["load_merged", "make_digit_sums", "write_merged", "main"]
+__all__ = ["load_merged", "make_digit_sums", "write_merged"]
 
 # np.load's "w+" mode would truncate the data file, so it is never allowed here.
 _MMAP_MODES = (None, "r", "r+", "c")
@@ -523,94 +521,3 @@ def write_merged(
         np.save(_data_path(data_dir, index), images, allow_pickle=False)
         np.save(_label_path(data_dir, index), labels, allow_pickle=False)
     return targets
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m resnetclf.datasets",
-        description=(
-            "Make stand-in data for the merged digit-sum dataset from "
-            "scikit-learn's handwritten digits, and save it as data{i}.npy / "
-            "lab{i}.npy files."
-        ),
-    )
-    parser.add_argument("--out", required=True, help="folder to write the files to")
-    parser.add_argument(
-        "--n-samples", type=int, required=True, help="number of images in all"
-    )
-    parser.add_argument(
-        "--n-digits", type=int, default=4, help="digits per image (default: 4)"
-    )
-    parser.add_argument(
-        "--height", type=int, default=40, help="image height (default: 40)"
-    )
-    parser.add_argument(
-        "--width", type=int, default=168, help="image width (default: 168)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument(
-        "--n-subsets",
-        type=int,
-        default=3,
-        help="number of data{i}/lab{i} file pairs (default: 3)",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace files that already exist"
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line: make stand-in data and write it with write_merged.
-
-    Parameters
-    ----------
-    argv : sequence of str, default=None
-        The arguments, without the program name; None reads ``sys.argv``.
-
-    Returns
-    -------
-    status : int
-        0 on success, 1 if files could not be written (for instance because
-        they exist and ``--overwrite`` was not given).
-
-    Raises
-    ------
-    SystemExit
-        With status 2 on invalid arguments, after argparse prints the usage.
-
-    Examples
-    --------
-    From a shell::
-
-        python -m resnetclf.datasets --out data/merged --n-samples 3000 --seed 0
-    """
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    try:
-        X, y = make_digit_sums(
-            args.n_samples,
-            n_digits=args.n_digits,
-            image_shape=(args.height, args.width),
-            random_state=args.seed,
-        )
-        paths = write_merged(args.out, X, y, args.n_subsets, overwrite=args.overwrite)
-    except (TypeError, ValueError) as exc:
-        parser.error(str(exc))
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-    for path in paths:
-        array = np.load(path, mmap_mode="r")
-        print(f"wrote {path}  shape={array.shape} dtype={array.dtype}")
-    print(
-        f"{len(X)} images of {args.height}x{args.width} with {args.n_digits} digits, "
-        f"labels {y.min()}..{y.max()} ({len(np.unique(y))} distinct), "
-        f"in {args.n_subsets} subsets under {args.out}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -94,40 +94,23 @@ def test_bench_fit_quick(tmp_path, capsys):
         bench.main([*QUICK, "--variants", "fp32,no_such_means"])
 
 
-def test_fit_variants_patch_the_library_wherever_it_holds_the_name():
-    import torch
-    from torch import nn
-
-    import resnetclf._estimator as est
-    import resnetclf._images as images
-    from resnetclf._acceleration import cuda_graphs, devices
-    from resnetclf._acceleration.conv_weight_grad import uses_gemm_weight_grad
+def test_fit_variants_name_estimator_parameters_and_switches():
+    from resnetclf import ResNetFineTuneClassifier
+    from resnetclf._switches import Switches, current
 
     bench = _load_script("bench_fit")
-    conv = nn.Conv2d(512, 512, 3, padding=1, bias=False)
-    small_map = torch.zeros(2, 512, 1, 1)
-    assert uses_gemm_weight_grad(conv, small_map)
-    with bench.library_variant("onednn_weight_grads") as params:
-        assert params == {}
-        assert not uses_gemm_weight_grad(conv, small_map)
-    assert uses_gemm_weight_grad(conv, small_map)
-    with bench.library_variant("no_cuda_graphs"):
-        assert cuda_graphs.MIN_REPLAYS > 10**6
-    with bench.library_variant("streamed_batches"):
-        assert images._fits_on_device(None, None) is False
-    original = devices.cudnn_autotuned
-    holders = [m for m in (est, devices) if vars(m).get("cudnn_autotuned") is original]
-    with bench.library_variant("no_cudnn_autotune"):
-        assert all(module.cudnn_autotuned is not original for module in holders)
-    assert devices.cudnn_autotuned is original
+    fields = set(Switches.__dataclass_fields__)
+    for name, (params, changes) in bench.VARIANTS.items():
+        assert set(changes) <= fields, name
+        ResNetFineTuneClassifier(**params).get_params()  # the estimator's
+        with bench.library_variant(name) as got:
+            assert got == params
+            for field, value in changes.items():
+                assert getattr(current(), field) == value, name
+        assert current() == Switches()
     with bench.library_variant("fp32") as params:
         assert params == {"precision": "fp32"}
-    # Every variant's parameters are the estimator's.
-    from resnetclf import ResNetFineTuneClassifier
-
-    for name in bench.VARIANTS:
-        with bench.library_variant(name) as params:
-            ResNetFineTuneClassifier(**params).get_params()
+    assert bench.VARIANTS["onednn_weight_grads"][1] == {"batched_weight_grads": False}
 
 
 def test_bench_predict_in_a_subprocess(tmp_path):
@@ -406,8 +389,8 @@ def test_step_bound_takes_fits_optimizer_and_reference_the_reports():
     import torch
     import torchvision
 
-    import resnetclf._estimator as est
     from resnetclf._backbone import build_resnet
+    from resnetclf._param_groups import make_optimizer
 
     suite = _load_script("_suite")
     report_loop = _load_script("_report_loop")
@@ -415,7 +398,7 @@ def test_step_bound_takes_fits_optimizer_and_reference_the_reports():
     cpu = torch.device("cpu")
     model = build_resnet("resnet18", None, 4, 1)
     library = suite.library_optimizer(model, cpu, config.lr, config.weight_decay)
-    fits = est._make_optimizer("adam", [{"params": [torch.zeros(1)]}], cpu)
+    fits = make_optimizer("adam", [{"params": [torch.zeros(1)]}], cpu)
     assert library.defaults.get("fused") == fits.defaults.get("fused")
     assert len(library.param_groups) > 1  # the stage groups
     report = report_loop.report_optimizer(torchvision.models.resnet18(), config)
@@ -426,14 +409,17 @@ def test_step_bound_takes_fits_optimizer_and_reference_the_reports():
 def test_docs_and_gpu_session_name_only_files_that_exist():
     docs = (ROOT / "docs" / "benchmarks.md").read_text()
     session = (BENCHMARKS / "gpu_session.sh").read_text()
-    # Retired scripts are named at a commit ("3c6aa8d:benchmarks/...") or in
-    # a checkout of one ("/tmp/old/benchmarks/...").
     for text in (docs, session):
         for script in set(re.findall(r"(?<![:/\w])benchmarks/(\w+\.(?:py|sh))", text)):
             assert (BENCHMARKS / script).is_file(), script
-    # Results are named by path; older ones at a commit ("abc1234:benchmarks/...").
-    for name in set(re.findall(r"(?<![:\w])benchmarks/results/([\w.-]+\.json)", docs)):
-        assert (BENCHMARKS / "results" / name).is_file(), name
+    # results/ holds exactly the files the page cites.
+    cited = set(re.findall(r"(?<![:\w])benchmarks/results/([\w.-]+\.json)", docs))
+    kept = {path.name for path in (BENCHMARKS / "results").glob("*.json")}
+    assert cited == kept, (cited - kept, kept - cited)
+    # Every image of docs/images/ is shown somewhere in the docs.
+    pages = " ".join(path.read_text() for path in (ROOT / "docs").glob("*.md"))
+    for image in (ROOT / "docs" / "images").glob("*.png"):
+        assert f"images/{image.name}" in pages, image.name
     checked = subprocess.run(
         ["bash", "-n", str(BENCHMARKS / "gpu_session.sh")], capture_output=True
     )

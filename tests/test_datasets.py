@@ -1,4 +1,5 @@
-"""Tests for resnetclf.datasets: stand-in data, the .npy loader/writer and the CLI."""
+"""Tests for resnetclf.datasets: stand-in data, the .npy loader/writer, and
+``resnetclf make-data``, which writes it."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from resnetclf.cli import main
 from resnetclf.datasets import (
     _compose_digit_sums,
     load_merged,
-    main,
     make_digit_sums,
     write_merged,
 )
@@ -328,7 +329,7 @@ def test_write_merged_argument_errors(tmp_path, X, y, n_subsets, error, match):
 def test_cli_writes_loadable_files(tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["--out", str(out), "--n-samples", "12", "--seed", "1", "--n-subsets", "3"]
-    assert main(argv) == 0
+    assert main(["make-data", *argv]) == 0
     printed = capsys.readouterr().out
     for name in ("data0.npy", "lab0.npy", "data2.npy", "lab2.npy"):
         assert name in printed
@@ -342,15 +343,22 @@ def test_cli_writes_loadable_files(tmp_path, capsys):
 def test_cli_options(tmp_path):
     out = tmp_path / "cli"
     argv = ["--out", str(out), "--n-samples", "5", "--n-digits", "2"]
-    argv += ["--height", "16", "--width", "40", "--n-subsets", "1"]
-    assert main(argv) == 0
+    argv += ["--shape", "16", "40", "--n-subsets", "1"]
+    assert main(["make-data", *argv]) == 0
     X, y = load_merged(out)
     assert X.shape == (5, 16, 40)
     assert y.max() <= 18
 
 
+def test_cli_default_shape_is_make_digit_sums_one(tmp_path):
+    argv = ["make-data", "--out", str(tmp_path), "--n-samples", "2", "--n-subsets", "1"]
+    assert main(argv) == 0
+    X, _ = load_merged(tmp_path)
+    assert X.shape[1:] == make_digit_sums(1)[0].shape[1:]
+
+
 def test_cli_refuses_to_overwrite_without_flag(tmp_path, capsys):
-    argv = ["--out", str(tmp_path), "--n-samples", "4", "--n-subsets", "2"]
+    argv = ["make-data", "--out", str(tmp_path), "--n-samples", "4", "--n-subsets", "2"]
     assert main(argv) == 0
     assert main(argv) == 1
     assert "already exists" in capsys.readouterr().err
@@ -359,11 +367,16 @@ def test_cli_refuses_to_overwrite_without_flag(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "extra",
-    [["--n-samples", "0"], ["--n-samples", "3", "--height", "4"], ["--n-samples", "x"]],
+    [
+        ["--n-samples", "0"],
+        ["--n-samples", "3", "--shape", "4", "40"],
+        ["--n-samples", "x"],
+    ],
 )
 def test_cli_bad_arguments_exit_with_usage_error(tmp_path, capsys, extra):
     with pytest.raises(SystemExit) as info:
-        main(["--out", str(tmp_path / "never"), *extra])
+        main(["make-data", "--out", str(tmp_path / "never"), *extra])
     assert info.value.code == 2
-    assert "error" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "resnetclf make-data: error:" in err
     assert not (tmp_path / "never").exists()

@@ -29,37 +29,94 @@ def tool():
     sys.modules.pop(spec.name, None)
 
 
-def _mutation(tool, old, new="x"):
-    return tool.Mutation("probe", "pkg.py", ((old, new),), (), "nothing")
+def _mutation(tool, function, old, new="x"):
+    return tool.Mutation(
+        "probe", "pkg.py", (tool.Edit(function, old, new),), (), "nothing"
+    )
 
 
-def test_an_anchor_not_found_fails_loudly(tool, tmp_path):
-    (tmp_path / "pkg.py").write_text("a = 1\n")
-    with pytest.raises(tool.MutationError, match="probe: anchor not found"):
-        tool.apply_mutation(_mutation(tool, "b = 2"), tmp_path)
+SOURCE = """\
+def f(values):
+    total = sum(values)
+    return total
 
 
-def test_an_ambiguous_anchor_fails_loudly(tool, tmp_path):
-    (tmp_path / "pkg.py").write_text("a = 1\na = 1\n")
+class C:
+    def g(self, a, b):
+        return max(a, b)
+"""
+
+
+def test_a_function_not_found_fails_loudly(tool, tmp_path):
+    (tmp_path / "pkg.py").write_text(SOURCE)
+    with pytest.raises(tool.MutationError, match="C.h: function not found"):
+        tool.apply_mutation(_mutation(tool, "C.h", "max(a, b)"), tmp_path)
+
+
+def test_a_snippet_outside_its_function_is_not_found(tool, tmp_path):
+    (tmp_path / "pkg.py").write_text(SOURCE)
+    with pytest.raises(tool.MutationError, match="f: snippet not found"):
+        tool.apply_mutation(_mutation(tool, "f", "max(a, b)"), tmp_path)
+
+
+def test_an_ambiguous_snippet_fails_loudly(tool, tmp_path):
+    (tmp_path / "pkg.py").write_text(SOURCE)
     with pytest.raises(tool.MutationError, match="found 2 times"):
-        tool.apply_mutation(_mutation(tool, "a = 1"), tmp_path)
+        tool.apply_mutation(_mutation(tool, "C.g", "a, b"), tmp_path)
 
 
-def test_an_anchor_found_once_is_replaced(tool, tmp_path):
-    (tmp_path / "pkg.py").write_text("a = 1\nb = 2\n")
-    tool.apply_mutation(_mutation(tool, "b = 2", "b = 3"), tmp_path)
-    assert (tmp_path / "pkg.py").read_text() == "a = 1\nb = 3\n"
+def test_an_edit_that_breaks_the_syntax_fails_loudly(tool, tmp_path):
+    (tmp_path / "pkg.py").write_text(SOURCE)
+    with pytest.raises(tool.MutationError, match="does not parse"):
+        tool.apply_mutation(_mutation(tool, "f", "sum(values)", "sum(("), tmp_path)
 
 
-def test_every_mutation_applies_to_the_current_source(tool, tmp_path):
+def test_the_snippet_is_replaced_within_its_function(tool, tmp_path):
+    (tmp_path / "pkg.py").write_text(SOURCE)
+    tool.apply_mutation(_mutation(tool, "C.g", "max(a, b)", "min(a, b)"), tmp_path)
+    assert (tmp_path / "pkg.py").read_text() == SOURCE.replace("max", "min")
+
+
+def test_a_multiline_replacement_takes_the_lines_indentation(tool, tmp_path):
+    (tmp_path / "pkg.py").write_text(SOURCE)
+    edit = _mutation(tool, "f", "total = sum(values)", "print(1)\n" + tool.MATCH)
+    tool.apply_mutation(edit, tmp_path)
+    assert (
+        "    print(1)\n    total = sum(values)\n" in (tmp_path / "pkg.py").read_text()
+    )
+
+
+def test_anchors_survive_moved_and_reformatted_code(tool, tmp_path):
+    # Code added above, the function reformatted by a formatter: same mutant.
+    moved = (
+        "import os\n\n\ndef new_helper():\n    return os.sep\n\n\n"
+        + SOURCE.replace(
+            "return max(a, b)", "return max(\n            a,\n            b,\n        )"
+        )
+    )
+    (tmp_path / "pkg.py").write_text(moved)
+    tool.apply_mutation(_mutation(tool, "C.g", "max(a, b)", "min(a, b)"), tmp_path)
+    assert "return min(a, b)" in (tmp_path / "pkg.py").read_text()
+    assert "def new_helper" in (tmp_path / "pkg.py").read_text()
+
+
+def test_every_anchor_resolves_in_the_current_source(tool):
     names = [m.name for m in tool.MUTATIONS]
     assert len(set(names)) == len(names)
-    for mutation in tool.MUTATIONS:
-        target = tmp_path / mutation.name / mutation.path
-        target.parent.mkdir(parents=True)
-        target.write_text((ROOT / mutation.path).read_text())
-        tool.apply_mutation(mutation, tmp_path / mutation.name)
-        assert target.read_text() != (ROOT / mutation.path).read_text()
+    tool.check_anchors(list(tool.MUTATIONS))
+
+
+def test_the_tool_exits_2_when_an_anchor_does_not_resolve(tool, monkeypatch, capsys):
+    stale = tool.Mutation(
+        "stale",
+        "resnetclf/_training.py",
+        (tool.Edit("EpochLoop.no_such_method", "pass", "pass"),),
+        ("tests/test_core_behaviour.py::x",),
+        "nothing",
+    )
+    monkeypatch.setattr(tool, "MUTATIONS", (stale,))
+    assert tool.main(["--check-anchors"]) == 2
+    assert "no_such_method: function not found" in capsys.readouterr().err
 
 
 def test_every_named_test_exists(tool):

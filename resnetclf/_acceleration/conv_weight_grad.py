@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from resnetclf._switches import current as switches
+
 __all__ = ["gemm_weight_grads", "uses_gemm_weight_grad", "weight_grad_by_gemm"]
 
 # Where one product beats oneDNN's per-image products (2-core AVX2 CPU,
@@ -180,7 +182,7 @@ def uses_gemm_weight_grad(
         inputs.shape[2:], conv.kernel_size, conv.stride, conv.padding
     ):
         positions *= (size + 2 * padding - kernel) // stride + 1
-    return positions <= MAX_OUTPUT_POSITIONS
+    return positions <= MAX_OUTPUT_POSITIONS and switches().batched_weight_grads
 
 
 class _GemmWeightGrad:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from resnetclf._switches import current as switches
 from resnetclf._warnings import user_stacklevel
 
 __all__ = ["MIN_REPLAYS", "CudaGraphedForward", "cuda_graphed"]
@@ -188,6 +189,9 @@ def cuda_graphed(
     training = training_batches >= MIN_REPLAYS
     evaluation = evaluation_batches >= MIN_REPLAYS
     if device.type != "cuda" or forward is not model or not (training or evaluation):
+        yield forward
+        return
+    if not switches().cuda_graphs:
         yield forward
         return
     if device.index is None:

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import torch
 
+from resnetclf._switches import current as switches
+
 __all__ = [
     "amp_dtype_for",
     "cpu_has_native_bf16",
@@ -122,6 +124,7 @@ def cudnn_autotuned(device: torch.device) -> Iterator[None]:
     """
     if (
         device.type != "cuda"
+        or not switches().cudnn_autotune
         or torch.backends.cudnn.deterministic
         or torch.are_deterministic_algorithms_enabled()
     ):
