@@ -349,10 +349,15 @@ def _adapt_state_dict(
         model.fc = nn.Linear(model.fc.in_features, head.shape[0])
         expected = model.state_dict()
 
+    # A file without any head (an encoder) is a backbone: its head is new
+    # anyway. Any other missing key is refused.
+    headless = not any(k.startswith("fc.") for k in state_dict)
     missing = [
         k
         for k in expected
-        if k not in state_dict and not k.endswith("num_batches_tracked")
+        if k not in state_dict
+        and not k.endswith("num_batches_tracked")
+        and not (headless and k.startswith("fc."))
     ]
     unexpected = [k for k in state_dict if k not in expected]
     wrong_shape = [
