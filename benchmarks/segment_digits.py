@@ -655,6 +655,20 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
     return summary
 
 
+def merged_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Saved runs of the same settings as one result, summarised anew."""
+    first = results[0]
+    for other in results[1:]:
+        if other["config"] != first["config"]:
+            raise ValueError("results to merge must share every setting")
+    runs: dict[str, list[dict]] = {}
+    for result in results:
+        for init, init_runs in result["runs"].items():
+            runs.setdefault(init, []).extend(init_runs)
+    seeds = sorted({r["seed"] for init_runs in runs.values() for r in init_runs})
+    return {**first, "seeds": seeds, "runs": runs, "summary": summarise(runs)}
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """The summary as a Markdown table."""
     lines = [
@@ -715,7 +729,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument(
-        "--markdown", type=Path, help="print a saved result's table; train nothing"
+        "--markdown",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="print saved results' table (runs of several files of the same "
+        "settings joined, e.g. different seeds); train nothing",
     )
     return parser
 
@@ -725,13 +744,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.markdown:
-        result = json.loads(args.markdown.read_text())
-        table = (
-            segmentation_table(result["segmentation"])
-            if "segmentation" in result
-            else markdown_table(result)
-        )
-        print(table)
+        results = [json.loads(path.read_text()) for path in args.markdown]
+        if "segmentation" in results[0]:
+            print(segmentation_table(results[0]["segmentation"]))
+            return results[0]
+        result = merged_results(results)
+        print(markdown_table(result))
         return result
     if args.segmentation_only:
         scores = measure_segmentation(args.segmentation_samples, args.first_seed)

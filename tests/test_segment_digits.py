@@ -141,3 +141,22 @@ def test_evaluate_scores_sums_and_digits(seg):
     scores = seg.evaluate(model, data)
     assert set(scores) == {"sum_accuracy", "digit_accuracy"}
     assert 0 <= scores["sum_accuracy"] <= 1 and config.n_digits == 4
+
+
+def test_results_of_two_files_merge_and_print(seg):
+    def result(seed: int, accuracy: float) -> dict:
+        run = {
+            "seed": seed, "test_sum_accuracy": accuracy, "test_digit_accuracy": 0.9,
+            "val_sum_accuracy": 0.8, "seconds_per_epoch": 10.0, "best_epoch": 3,
+        }  # fmt: skip
+        runs = {"random": [run]}
+        return {"config": {"n_train": 2000}, "runs": runs, "summary": {}}
+
+    merged = seg.merged_results([result(0, 0.5), result(1, 0.7)])
+    row = merged["summary"]["random"]
+    assert row["seeds"] == 2 and row["test_sum_accuracy"] == pytest.approx(0.6)
+    assert merged["seeds"] == [0, 1]
+    assert "| random | 2 | 0.600 ± 0.100 |" in seg.markdown_table(merged)
+    with pytest.raises(ValueError, match="share"):
+        other = {**result(2, 0.1), "config": {"n_train": 10}}
+        seg.merged_results([result(0, 0.5), other])
