@@ -297,21 +297,42 @@ def pooled_features(
 def latent_logistic(
     weights: Path | None,
     train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
     test: tuple[np.ndarray, np.ndarray],
     seed: int,
-) -> dict[str, float]:
-    """Pooled features + standardisation + ``LogisticRegression``: test accuracy."""
+    cs: tuple[float, ...] = (1.0,),
+) -> dict[str, Any]:
+    """Pooled features + standardisation + ``LogisticRegression``.
+
+    With several inverse regularisation strengths ``cs``, the one with the
+    best validation accuracy is kept; the test set judges it.
+    """
     torch.manual_seed(seed)
     start = time.perf_counter()
-    features_train = pooled_features(weights, train[0])
-    features_test = pooled_features(weights, test[0])
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        classifier.fit(features_train, train[1])
+    features = {
+        name: pooled_features(weights, images)
+        for name, (images, _) in (("train", train), ("val", val), ("test", test))
+    }
+    best: tuple[float, float, Any] = (-1.0, 0.0, None)
+    val_accuracy = {}
+    for c in cs:
+        classifier = make_pipeline(
+            StandardScaler(), LogisticRegression(C=c, max_iter=2000)
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            classifier.fit(features["train"], train[1])
+        accuracy = float(classifier.score(features["val"], val[1]))
+        val_accuracy[str(c)] = accuracy
+        if accuracy > best[0]:
+            best = (accuracy, c, classifier)
+    _, c, classifier = best
     return {
-        "train_accuracy": float(classifier.score(features_train, train[1])),
-        "test_accuracy": float(classifier.score(features_test, test[1])),
+        "C": c,
+        "val_accuracy_per_C": val_accuracy,
+        "val_accuracy": best[0],
+        "train_accuracy": float(classifier.score(features["train"], train[1])),
+        "test_accuracy": float(classifier.score(features["test"], test[1])),
         "seconds": time.perf_counter() - start,
     }
 
@@ -367,6 +388,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     train_pool, val_pool, test_pool = digit_pools()
     latent: dict[str, list] = {name: [] for name in args.latent.split(",") if name}
     tuned: dict[str, list] = {name: [] for name in args.finetune.split(",") if name}
+    cs = tuple(float(c) for c in args.latent_c.split(","))
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         # The same seeds and pools as segment_digits.py's runs.
         train = make_digit_sums(
@@ -379,7 +401,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args.n_test, random_state=2000 + seed, digit_indices=test_pool
         )
         for name in latent:
-            result = latent_logistic(sources[name], train, test, seed)
+            result = latent_logistic(sources[name], train, val, test, seed, cs)
             latent[name].append({"seed": seed, **result})
             print(
                 f"  seed {seed} latent+LR from {name}: test "
@@ -426,9 +448,11 @@ def markdown_table(result: dict[str, Any]) -> str:
         "|---|---|---:|---:|---|---:|",
     ]
     for name, runs in result["latent_logistic"].items():
+        chosen = ", ".join(str(r.get("C", 1.0)) for r in runs)
         if runs:
             lines.append(
-                f"| pooled layer4 features + LogisticRegression | {name} | {len(runs)} "
+                f"| pooled layer4 features + LogisticRegression (C {chosen}) "
+                f"| {name} | {len(runs)} "
                 f"| {_mean_se([r['test_accuracy'] for r in runs])} | - "
                 f"| {np.mean([r['seconds'] for r in runs]):.0f} |"
             )
@@ -461,6 +485,12 @@ def _parser() -> argparse.ArgumentParser:
         "--latent",
         default="autoencoder,random,standin",
         help="encoders for the latent classifier (comma-separated; '' for none)",
+    )
+    parser.add_argument(
+        "--latent-c",
+        default="1.0",
+        help="LogisticRegression's C, comma-separated; with several, the best "
+        "on validation is kept (default: 1.0)",
     )
     parser.add_argument(
         "--finetune",

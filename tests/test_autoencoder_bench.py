@@ -85,3 +85,16 @@ def test_pooled_features_from_the_file(ae, trained, tmp_path):
     with torch.no_grad():
         expected = model.features(ae._normalise(X[:5])).numpy()
     np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_latent_logistic_chooses_c_on_validation(ae):
+    def data(n: int, seed: int):
+        return make_digit_sums(n, n_digits=1, image_shape=(16, 16), random_state=seed)
+
+    result = ae.latent_logistic(
+        None, data(30, 0), data(20, 1), data(20, 2), seed=0, cs=(0.01, 1.0)
+    )
+    assert result["C"] in (0.01, 1.0)
+    assert set(result["val_accuracy_per_C"]) == {"0.01", "1.0"}
+    assert result["val_accuracy"] == max(result["val_accuracy_per_C"].values())
+    assert 0 <= result["test_accuracy"] <= 1
