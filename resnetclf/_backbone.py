@@ -426,7 +426,12 @@ def _load_weights(
     head_fits = file_head == model_head and all(
         state_dict[k].shape == expected[k].shape for k in file_head
     )
-    dropped = [] if head_fits else [k for k in state_dict if k in file_head]
+    # Part of this very head (say fc.weight without fc.bias) is a damaged
+    # file, refused below; another head is dropped for the new one.
+    partial_head = bool(file_head) and file_head < model_head
+    dropped = (
+        [] if head_fits or partial_head else [k for k in state_dict if k in file_head]
+    )
     for key in dropped:
         del state_dict[key]
     missing = [
@@ -434,7 +439,7 @@ def _load_weights(
         for k in expected
         if k not in state_dict
         and not k.endswith("num_batches_tracked")
-        and k not in model_head
+        and (k not in model_head or partial_head)
     ]
     unexpected = [k for k in state_dict if k not in expected]
     wrong_shape = [

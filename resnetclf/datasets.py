@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.utils import check_random_state
 
-__all__ = ["load_merged", "make_digit_sums", "write_merged"]
+__all__ = ["DigitLayout", "load_merged", "make_digit_sums", "write_merged"]
 
 # np.load's "w+" mode would truncate the data file, so it is never allowed here.
 _MMAP_MODES = (None, "r", "r+", "c")
@@ -266,14 +266,100 @@ class _Composition(NamedTuple):
     scale: int  # upscaling factor; each digit covers 8*scale x 8*scale pixels
 
 
+class DigitLayout(NamedTuple):
+    """Where :func:`make_digit_sums` put each digit: the ground truth.
+
+    For evaluation only (say, of a segmentation): a model of the sum task must
+    learn from the sums, never from these. Every field is an int64 array of
+    shape ``(n_samples, n_digits)``, slots ordered left to right. Digit ``k``
+    of image ``i`` is drawn in the square of rows ``top[i, k] : top[i, k] +
+    size[i, k]`` and columns ``left[i, k] : left[i, k] + size[i, k]`` (its
+    upscaled 8x8 image, blank margins included); its strokes cover columns
+    ``ink_start[i, k] : ink_stop[i, k]``.
+
+    Attributes
+    ----------
+    digits : ndarray of shape (n_samples, n_digits)
+        The digit values 0..9; their row sums are the labels.
+    top : ndarray of shape (n_samples, n_digits)
+        First row of each digit's square.
+    left : ndarray of shape (n_samples, n_digits)
+        First column of each digit's square.
+    size : ndarray of shape (n_samples, n_digits)
+        Side of each digit's square in pixels (``8 * scale``, the same for all).
+    ink_start, ink_stop : ndarray of shape (n_samples, n_digits)
+        First and one past the last column holding ink of each digit.
+    digit_index : ndarray of shape (n_samples, n_digits)
+        The row of :func:`sklearn.datasets.load_digits` each digit was drawn
+        from.
+    """
+
+    digits: np.ndarray
+    top: np.ndarray
+    left: np.ndarray
+    size: np.ndarray
+    ink_start: np.ndarray
+    ink_stop: np.ndarray
+    digit_index: np.ndarray
+
+
+def _check_gap(gap: object, n_digits: int, width: int, side: int) -> tuple[int, int]:
+    """``gap`` as ``(smallest, largest)`` gap in pixels, or a ValueError.
+
+    The largest must fit whatever the digits: ``n_digits`` whole squares and
+    ``n_digits - 1`` such gaps within the width.
+    """
+    expected = (
+        "gap must be None, an integer >= 0 or a pair (min, max) of integers "
+        "with 0 <= min <= max"
+    )
+    values = (gap, gap) if isinstance(gap, numbers.Integral) else gap
+    try:
+        low, high = values  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise ValueError(f"{expected}; found {gap!r}") from None
+    if any(
+        isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in (low, high)
+    ):
+        raise ValueError(f"{expected}; found {gap!r}")
+    low, high = int(low), int(high)
+    if not 0 <= low <= high:
+        raise ValueError(f"{expected}; found {gap!r}")
+    needed = n_digits * side + (n_digits - 1) * high
+    if needed > width:
+        raise ValueError(
+            f"gap={gap!r} does not fit: {n_digits} digits of {side} px with "
+            f"gaps of up to {high} px need {needed} columns; the image has "
+            f"{width} (the largest gap that fits is "
+            f"{(width - n_digits * side) // max(1, n_digits - 1)})"
+        )
+    return low, high
+
+
+def _inked_columns(bank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and one past the last inked column of each 8x8 digit of ``bank``."""
+    inked = bank.max(axis=1) > 0
+    blank = ~inked.any(axis=1)
+    first = np.where(blank, 0, inked.argmax(axis=1))
+    stop = np.where(blank, _DIGIT_SIDE, _DIGIT_SIDE - inked[:, ::-1].argmax(axis=1))
+    return first.astype(np.int64), stop.astype(np.int64)
+
+
 def _compose_digit_sums(
     n_samples: int,
     n_digits: int,
     image_shape: tuple[int, int],
     rng: np.random.RandomState,
     digit_indices: np.ndarray | None = None,
+    gap: tuple[int, int] | None = None,
 ) -> _Composition:
-    """Compose the images, returning the layout too so that tests can check it."""
+    """Compose the images, returning the layout too so that tests can check it.
+
+    ``gap`` is ``(smallest, largest)`` horizontal gap between neighbouring
+    digits' strokes (inked columns), drawn uniformly per pair; None spreads
+    the free width at random between the squares (the original layout, whose
+    draws must not change).
+    """
     bank, targets = _digit_bank()
     # Rows of load_digits a digit may be drawn from (all of them by default).
     pool = np.arange(len(bank)) if digit_indices is None else digit_indices
@@ -285,14 +371,32 @@ def _compose_digit_sums(
 
     digit_index = pool[rng.randint(0, len(pool), size=(n_samples, n_digits))]
     top = rng.randint(0, height - side + 1, size=(n_samples, n_digits))
-    # Split the free width at random between the left margin, the n_digits - 1
-    # gaps and the right margin; flooring keeps the total within the free width,
-    # so the digits never overlap nor leave the image.
     free_width = width - n_digits * side
-    weights = rng.random_sample((n_samples, n_digits + 1))
-    gaps = np.floor(weights / weights.sum(axis=1, keepdims=True) * free_width)
-    left = np.cumsum(gaps[:, :n_digits], axis=1).astype(np.int64)
-    left += np.arange(n_digits) * side
+    if gap is None:
+        # Split the free width at random between the left margin, the
+        # n_digits - 1 gaps and the right margin; flooring keeps the total
+        # within the free width, so the digits never overlap nor leave the
+        # image.
+        weights = rng.random_sample((n_samples, n_digits + 1))
+        gaps = np.floor(weights / weights.sum(axis=1, keepdims=True) * free_width)
+        left = np.cumsum(gaps[:, :n_digits], axis=1).astype(np.int64)
+        left += np.arange(n_digits) * side
+    else:
+        # Each digit's strokes start ``gap`` columns after its left
+        # neighbour's end, so squares may overlap (never strokes); then the
+        # row of digits starts at a random column where it fits: each step
+        # is at most side + gap, which _check_gap made fit.
+        first, stop = _inked_columns(bank)
+        ink_first = first[digit_index] * scale
+        ink_stop = stop[digit_index] * scale
+        between = rng.randint(gap[0], gap[1] + 1, size=(n_samples, n_digits - 1))
+        steps = ink_stop[:, :-1] + between - ink_first[:, 1:]
+        left = np.zeros((n_samples, n_digits), dtype=np.int64)
+        left[:, 1:] = np.cumsum(steps, axis=1)
+        spare = width - (left[:, -1] + side)
+        left += np.floor(rng.random_sample(n_samples) * (spare + 1)).astype(np.int64)[
+            :, None
+        ]
 
     X = np.zeros((n_samples, height, width), dtype=np.uint8)
     sample = np.arange(n_samples)[:, None, None]
@@ -300,7 +404,11 @@ def _compose_digit_sums(
     for slot in range(n_digits):
         rows = top[:, slot, None, None] + offsets[None, :, None]
         cols = left[:, slot, None, None] + offsets[None, None, :]
-        X[sample, rows, cols] = big_bank[digit_index[:, slot]]
+        digits = big_bank[digit_index[:, slot]]
+        if gap is not None:
+            # Overlapping squares: the brighter pixel wins.
+            digits = np.maximum(X[sample, rows, cols], digits)
+        X[sample, rows, cols] = digits
     y = targets[digit_index].sum(axis=1)
     return _Composition(X, y, digit_index, top, left, scale)
 
@@ -332,7 +440,9 @@ def make_digit_sums(
     random_state: int | np.random.RandomState | None = None,
     *,
     digit_indices: ArrayLike | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    gap: int | tuple[int, int] | None = None,
+    return_layout: bool = False,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, DigitLayout]:
     """Make images of handwritten digits side by side, labelled with their sum.
 
     A stand-in for the merged dataset built from real handwriting: each image
@@ -362,6 +472,22 @@ def make_digit_sums(
         all 1797. Two disjoint sets make two tasks that share no handwritten
         image, e.g. one to pretrain a backbone on and one to fine-tune it on.
         Keyword-only.
+    gap : int or tuple of (int, int), default=None
+        Horizontal gap in pixels between the strokes of neighbouring digits
+        (from the last inked column of one to the first of the next). None
+        spreads the free width at random between the margins and the gaps
+        between the digits' squares (the default layout, unchanged). An int
+        gives every gap that width: 0 makes neighbouring digits touch, with
+        no blank column between them. A pair ``(min, max)`` draws each gap
+        uniformly from ``min .. max`` (inclusive), e.g. ``(0, 2)`` for tight
+        layouts. The digits' squares may then overlap (their blank margins;
+        the brighter pixel is kept), and the row of digits starts at a random
+        column. The largest gap allowed is the one that fits whatever the
+        digits' widths. Keyword-only.
+    return_layout : bool, default=False
+        Whether to also return the ground truth of the layout (which digit
+        where), a :class:`DigitLayout`. For evaluation only, say of a
+        segmentation; the task's label is the sum. Keyword-only.
 
     Returns
     -------
@@ -369,6 +495,9 @@ def make_digit_sums(
         The images, values 0..255, digits bright on black.
     y : ndarray of shape (n_samples,), dtype int64
         The sum of the digits in each image.
+    layout : DigitLayout
+        Only with ``return_layout=True``: each digit's value and square,
+        left to right.
 
     Raises
     ------
@@ -376,8 +505,10 @@ def make_digit_sums(
         If ``n_samples`` or ``n_digits`` is not an integer.
     ValueError
         If ``n_samples`` or ``n_digits`` is below 1, ``image_shape`` is not
-        two integers large enough to hold the digits, or ``digit_indices``
-        names no row of ``load_digits``.
+        two integers large enough to hold the digits, ``digit_indices``
+        names no row of ``load_digits``, ``gap`` is not None, an integer >= 0
+        or a pair ``0 <= min <= max`` of integers, or its gaps leave no room
+        for the digits, or ``return_layout`` is not a bool.
 
     See Also
     --------
@@ -395,14 +526,43 @@ def make_digit_sums(
     >>> X, y = make_digit_sums(3, n_digits=2, image_shape=(16, 40), random_state=0)
     >>> X.shape, int(y.max()) <= 18
     ((3, 16, 40), True)
+
+    Touching digits, with the ground truth for evaluation:
+
+    >>> X, y, layout = make_digit_sums(2, random_state=0, gap=0, return_layout=True)
+    >>> bool((layout.digits.sum(axis=1) == y).all())
+    True
+    >>> bool((layout.ink_start[:, 1:] == layout.ink_stop[:, :-1]).all())
+    True
     """
     n_samples = _check_int("n_samples", n_samples, 1)
     n_digits = _check_int("n_digits", n_digits, 1)
     shape = _check_image_shape(image_shape, n_digits)
+    if not isinstance(return_layout, (bool, np.bool_)):
+        raise ValueError(
+            f"return_layout must be True or False; found {return_layout!r}"
+        )
+    side = _DIGIT_SIDE * _digit_scale(shape, n_digits)
+    gaps = None if gap is None else _check_gap(gap, n_digits, shape[1], side)
     rng = check_random_state(random_state)
     pool = None if digit_indices is None else _check_digit_indices(digit_indices)
-    composition = _compose_digit_sums(n_samples, n_digits, shape, rng, pool)
-    return composition.X, composition.y
+    composition = _compose_digit_sums(n_samples, n_digits, shape, rng, pool, gaps)
+    if not return_layout:
+        return composition.X, composition.y
+    bank, targets = _digit_bank()
+    first, stop = _inked_columns(bank)
+    index, scale = composition.digit_index, composition.scale
+    left = composition.left.astype(np.int64)
+    layout = DigitLayout(
+        digits=targets[index],
+        top=composition.top.astype(np.int64),
+        left=left,
+        size=np.full_like(left, _DIGIT_SIDE * scale),
+        ink_start=left + first[index] * scale,
+        ink_stop=left + stop[index] * scale,
+        digit_index=index.astype(np.int64),
+    )
+    return composition.X, composition.y, layout
 
 
 def _check_digit_indices(digit_indices: ArrayLike) -> np.ndarray:
