@@ -51,6 +51,7 @@ from _suite import BenchConfig  # noqa: E402
 from standin import StandinConfig, digit_halves, make_standin  # noqa: E402
 
 from resnetclf import ResNetFineTuneClassifier  # noqa: E402
+from resnetclf.datasets import make_digit_sums  # noqa: E402
 
 METHODS = {
     "report_loop": None,
@@ -75,12 +76,11 @@ def digit_pools(halves_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def make_images(n: int, pool: np.ndarray, seed: int, n_digits: int = 4):
     """Images, sums and the digits left to right (for scoring only)."""
-    from resnetclf.datasets import _compose_digit_sums, _digit_bank
-
-    made = _compose_digit_sums(
-        n, n_digits, (40, 168), np.random.RandomState(seed), pool
-    )
-    return made.X, made.y, _digit_bank()[1][made.digit_index]
+    X, y, layout = make_digit_sums(
+        n, n_digits=n_digits, random_state=seed, digit_indices=pool,
+        return_layout=True,
+    )  # fmt: skip
+    return X, y, layout.digits
 
 
 def run_method(method, init, data, test, args, seed, weights) -> dict[str, Any]:
