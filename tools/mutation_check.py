@@ -90,6 +90,7 @@ class Mutation:
 
 
 CORE = "tests/test_core_behaviour.py::"
+HEADS = "tests/test_heads.py::"
 CKPT = "tests/test_checkpoint.py::"
 ROBUST = "tests/test_robustness.py::"
 EST = "tests/test_estimator.py::"
@@ -395,7 +396,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "ResNetFineTuneClassifier._build_setup",
-                "check_kept_network(self.module_, model_channels, n_classes)",
+                "check_kept_network(self.module_, model_channels, self.head,"
+                " data.classes)",
                 "pass",
             ),
         ),
@@ -407,7 +409,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "resnetclf/_estimator.py",
         (
             Edit(
-                "ResNetFineTuneClassifier._logits",
+                "ResNetFineTuneClassifier._outputs",
                 "module_on(self.module_, device)",
                 "self.module_.to(device)",
             ),
@@ -421,6 +423,49 @@ MUTATIONS: tuple[Mutation, ...] = (
         (Edit("write_atomic", "_fsync_folder(path.parent)", "pass"),),
         (CKPT + "test_file_then_folder_are_synced_around_the_rename",),
         "a power loss right after a save can lose the rename",
+    ),
+    Mutation(
+        "sum-convolution-shifted",
+        "resnetclf/heads.py",
+        (Edit("digit_sum_log_probs", "(v, n_values - 1 - v)", "(0, n_values - 1)"),),
+        (HEADS + "test_sum_distribution_matches_enumeration",),
+        "the digit-sum head trains on a wrong likelihood of the sum",
+    ),
+    Mutation(
+        "digits-read-in-slot-order",
+        "resnetclf/heads.py",
+        (Edit("_DigitSumReader.read_digits", "digits.gather(1, order)", "digits"),),
+        (HEADS + "test_digits_are_read_left_to_right",),
+        "predict_digits returns the digits out of their left-to-right order",
+    ),
+    Mutation(
+        "sum-in-half-precision",
+        "resnetclf/heads.py",
+        (
+            Edit(
+                "_DigitSumReader.forward",
+                "F.log_softmax(logits.float(), dim=2)",
+                "F.log_softmax(logits.bfloat16(), dim=2)",
+            ),
+        ),
+        (HEADS + "test_head_output_is_float32_under_bf16_autocast",),
+        "under bf16 the sum's rarest classes lose their probability",
+    ),
+    Mutation(
+        "foreign-head-loaded",
+        "resnetclf/_backbone.py",
+        (
+            Edit(
+                "_load_weights",
+                "[] if head_fits or partial_head else",
+                "[] if True else",
+            ),
+        ),
+        (
+            "tests/test_cross_task_weights.py",
+            HEADS + "test_weights_from_a_saved_model_with_a_head",
+        ),
+        "weights from another task refuse, or load its head into the new one",
     ),
 )
 
