@@ -35,6 +35,7 @@ LAST_WORDS = {
     "plot_grid_search.py": "test accuracy of the refitted best model:",
     "plot_dask_grid_search.py": "test accuracy of the best model:",
     "plot_merged_dataset.py": "the loaded model gives the same probabilities: True",
+    "plot_digit_sums.py": "digits read right:",
 }
 
 
