@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from numbers import Integral, Real
 
 import numpy as np
@@ -816,7 +817,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             Digits 0..9, left to right.
         """
 
-        def read(model: nn.Module) -> nn.Module:
+        def read(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
             return lambda inputs: model.fc.read_digits(feature_map(model, inputs))
 
         return self._outputs(X, read).round().to(torch.int64).numpy()
