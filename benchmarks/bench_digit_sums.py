@@ -51,6 +51,7 @@ from _suite import BenchConfig  # noqa: E402
 from standin import StandinConfig, digit_halves, make_standin  # noqa: E402
 
 from resnetclf import ResNetFineTuneClassifier  # noqa: E402
+from resnetclf._acceleration.devices import cpu_has_native_bf16  # noqa: E402
 from resnetclf.datasets import make_digit_sums  # noqa: E402
 
 METHODS = {
@@ -243,6 +244,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "argv": sys.argv[1:] if argv is None else list(argv),
         "machine": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
+        # The library's methods train at precision="auto"; the report loop in
+        # fp32, as the report ran.
+        "library_precision": "bf16" if cpu_has_native_bf16() else "fp32",
         "n_train": args.n_train,
         "n_test": args.n_test,
         "epochs": args.epochs,
