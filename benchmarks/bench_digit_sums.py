@@ -164,18 +164,52 @@ def _mean_se(values: list[float]) -> str:
 def markdown_table(result: dict[str, Any]) -> str:
     """The table of the docs: one row per method and start."""
     lines = [
-        "| method | start | seeds | test accuracy (sum) | digits read | s/epoch |",
-        "|---|---|---|---|---|---|",
+        "| method | start | images x epochs | seeds | test accuracy (sum) "
+        "| digits read | s/epoch |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, runs in result["runs"].items():
-        init, method = key.split(":")
+        init, method, size = _key_parts(key, result)
         lines.append(
-            f"| {method} | {init} | {len(runs)} | "
+            f"| {method} | {init} | {size} | {len(runs)} | "
             f"{_mean_se([r['test_accuracy'] for r in runs])} | "
             f"{_mean_se([r['digit_accuracy'] for r in runs])} | "
             f"{np.mean([r['seconds_per_epoch'] for r in runs]):.0f} |"
         )
     return "\n".join(lines)
+
+
+def _key_parts(key: str, result: dict[str, Any]) -> tuple[str, str, str]:
+    """``init:method[@size]`` -> init, method, "images x epochs"."""
+    name, _, size = key.partition("@")
+    init, method = name.split(":")
+    if not size:
+        size = f"{result.get('n_train')}x{result.get('epochs')}"
+    return init, method, size.replace("x", " x ")
+
+
+def plot_curves(result: dict[str, Any], path: Path) -> Path:
+    """Validation accuracy against epochs, mean over seeds, one line a method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    for key, runs in result["runs"].items():
+        init, method, size = _key_parts(key, result)
+        curves = [run["val_accuracy_per_epoch"] for run in runs]
+        length = min(len(curve) for curve in curves)
+        mean = np.mean([curve[:length] for curve in curves], axis=0)
+        label = f"{method}, {init}, {size}"
+        ax.plot(range(1, length + 1), mean, marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (sum)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def _parameter(text: str) -> tuple[str, Any]:
@@ -211,12 +245,37 @@ def _parser() -> argparse.ArgumentParser:
         "(e.g. --set batch_size=16 --set lr_schedule='\"cosine\"')",
     )
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="with --markdown: draw each method's validation accuracy per epoch",
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="print the table of saved results (runs of several files joined, "
+        "e.g. seeds run apart); trains nothing",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
     args.set = dict(_parameter(text) for text in args.set)
+    if args.markdown:
+        saved = [json.loads(path.read_text()) for path in args.markdown]
+        result = {"runs": {}}
+        for one in saved:
+            size = f"{one['n_train']}x{one['epochs']}"
+            for key, runs in one["runs"].items():
+                result["runs"].setdefault(f"{key}@{size}", []).extend(runs)
+        print(markdown_table(result))
+        if args.plot is not None:
+            plot_curves(result, args.plot)
+        return result
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = args.methods.split(",")

@@ -45,3 +45,24 @@ def test_every_method_runs_and_reports(tmp_path):
     assert isinstance(digit_run["digit_accuracy"], float)
     assert saved["runs"]["scratch:defaults"][0]["digit_accuracy"] is None
     assert "| digit_sum | scratch | 1 |" in bench.markdown_table(result)
+
+
+def test_saved_runs_make_one_table_and_plot(tmp_path):
+    bench = _bench()
+    runs = {"seed": 0, "test_accuracy": 0.5, "digit_accuracy": 0.75,
+            "val_accuracy_per_epoch": [0.2, 0.4], "seconds_per_epoch": 3.0}  # fmt: skip
+    paths = []
+    for n_train, seed in ((40, 0), (40, 1), (80, 0)):
+        path = tmp_path / f"runs{n_train}_{seed}.json"
+        saved = {"n_train": n_train, "epochs": 2,
+                 "runs": {"scratch:digit_sum": [{**runs, "seed": seed}]}}  # fmt: skip
+        path.write_text(json.dumps(saved))
+        paths.append(str(path))
+    plot = tmp_path / "curves.png"
+    result = bench.main(["--markdown", *paths, "--plot", str(plot)])
+    table = bench.markdown_table(result)
+    assert (
+        "| digit_sum | scratch | 40 x 2 | 2 | 0.500 ± 0.000 | 0.750 ± 0.000 |" in table
+    )
+    assert "| digit_sum | scratch | 80 x 2 | 1 | 0.500 | 0.750 |" in table
+    assert plot.stat().st_size > 0
