@@ -155,9 +155,8 @@ class DigitSumHead:
 
     def __call__(self, feature_channels: int, classes) -> nn.Module:
         """The head's module for a map of ``feature_channels`` and ``classes``."""
-        return _DigitSumReader(
-            int(feature_channels), int(self.n_digits), self.check(classes)
-        )
+        sums = self.check(classes)
+        return _DigitSumReader(int(feature_channels), int(self.n_digits), sums)
 
 
 class _DigitSumReader(nn.Module):

@@ -143,6 +143,17 @@ def test_classes_that_are_no_sums_are_refused_before_training(
         clf.fit(X, y)
 
 
+@pytest.mark.parametrize("n_digits", [0, -1, "a", 2.0, True])
+def test_a_bad_n_digits_is_refused_before_training(
+    two_digit_sums, n_digits, monkeypatch
+):
+    X, y = two_digit_sums
+    clf = small_classifier(head=DigitSumHead(n_digits=n_digits))
+    monkeypatch.setattr(type(clf), "_initial_module", _no_training)
+    with pytest.raises(ValueError, match="n_digits must be an int >= 1"):
+        clf.fit(X, y)
+
+
 def _no_training(*args, **kwargs):
     raise AssertionError("training started")
 
