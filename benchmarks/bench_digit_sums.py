@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchvision
 from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,10 +55,26 @@ from resnetclf import ResNetFineTuneClassifier  # noqa: E402
 from resnetclf._acceleration.devices import cpu_has_native_bf16  # noqa: E402
 from resnetclf.datasets import make_digit_sums  # noqa: E402
 
+
+def resnet18_layer4_stride1() -> torchvision.models.ResNet:
+    """ResNet18 whose last stage keeps layer3's resolution: at 40x168 the head
+    reads a 3x11 map instead of 2x6 (same tensors, so the same weights load)."""
+    model = torchvision.models.resnet18()
+    block = model.layer4[0]
+    block.conv1.stride = (1, 1)
+    block.downsample[0].stride = (1, 1)
+    return model
+
+
 METHODS = {
     "report_loop": None,
     "defaults": {},
     "digit_sum": {"head": "digit-sum"},
+    # The same head over a finer map: does the map's size limit the reading?
+    "digit_sum_layer4_stride1": {
+        "head": "digit-sum",
+        "arch": resnet18_layer4_stride1,
+    },
 }
 TEST_SEED = 12345
 
