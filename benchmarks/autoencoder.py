@@ -278,14 +278,22 @@ def make_encoder(
     return path, info
 
 
-def pooled_features(
-    weights: Path | None, images: np.ndarray, arch: str = "resnet18", batch: int = 256
-) -> np.ndarray:
-    """Average-pooled ``layer4`` features ``(N, 512)`` of a network built as
-    the estimator builds it from ``weights`` (None: random, seeded by the
-    caller), in evaluation mode."""
+def encoder_body(weights: Path | None, arch: str = "resnet18") -> nn.Module:
+    """``conv1`` .. ``layer4`` of a network built as the estimator builds it
+    from ``weights`` (None: random, seeded by the caller), in evaluation mode.
+
+    Build it once and use it for every split: two random networks give
+    features that have nothing to do with each other.
+    """
     network = build_resnet(arch, weights, 10, in_channels=1).eval()
-    body = nn.Sequential(*[getattr(network, name) for name in ENCODER_MODULES])
+    return nn.Sequential(*[getattr(network, name) for name in ENCODER_MODULES])
+
+
+def pooled_features(
+    body: nn.Module, images: np.ndarray, batch: int = 256
+) -> np.ndarray:
+    """Average-pooled ``layer4`` features ``(N, 512)`` of ``body``
+    (:func:`encoder_body`) on uint8 images ``(N, H, W)``."""
     parts = []
     with torch.no_grad():
         for start in range(0, len(images), batch):
@@ -309,8 +317,9 @@ def latent_logistic(
     """
     torch.manual_seed(seed)
     start = time.perf_counter()
+    body = encoder_body(weights)
     features = {
-        name: pooled_features(weights, images)
+        name: pooled_features(body, images)
         for name, (images, _) in (("train", train), ("val", val), ("test", test))
     }
     best: tuple[float, float, Any] = (-1.0, 0.0, None)

@@ -80,7 +80,7 @@ def test_estimator_takes_the_encoder_file(ae, trained, tmp_path):
 def test_pooled_features_from_the_file(ae, trained, tmp_path):
     X, model, _ = trained
     path = ae.save_encoder(model, tmp_path / "encoder.safetensors")
-    features = ae.pooled_features(path, X[:5])
+    features = ae.pooled_features(ae.encoder_body(path), X[:5])
     model.eval()
     with torch.no_grad():
         expected = model.features(ae._normalise(X[:5])).numpy()
@@ -98,3 +98,15 @@ def test_latent_logistic_chooses_c_on_validation(ae):
     assert set(result["val_accuracy_per_C"]) == {"0.01", "1.0"}
     assert result["val_accuracy"] == max(result["val_accuracy_per_C"].values())
     assert 0 <= result["test_accuracy"] <= 1
+
+
+def test_random_encoder_is_one_network_for_every_split(ae, monkeypatch):
+    built = []
+    original = ae.encoder_body
+    monkeypatch.setattr(ae, "encoder_body", lambda *a: built.append(a) or original(*a))
+
+    def data(n: int, seed: int):
+        return make_digit_sums(n, n_digits=1, image_shape=(16, 16), random_state=seed)
+
+    ae.latent_logistic(None, data(10, 0), data(10, 1), data(10, 2), seed=0)
+    assert len(built) == 1
