@@ -758,7 +758,6 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         return X, y, layout
 
     # -------------------------------------------------------------- predict
-    # -------------------------------------------------------------- predict
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities of images ``X``.
 
