@@ -426,9 +426,12 @@ def _load_weights(
     head_fits = file_head == model_head and all(
         state_dict[k].shape == expected[k].shape for k in file_head
     )
-    # Part of this very head (say fc.weight without fc.bias) is a damaged
-    # file, refused below; another head is dropped for the new one.
-    partial_head = bool(file_head) and file_head < model_head
+    # Part of this very head (say fc.weight without fc.bias), or a linear head
+    # whose tensors disagree on the class count, is a damaged file, refused
+    # below; another task's head is dropped for the new one.
+    partial_head = bool(file_head) and (
+        file_head < model_head or _damaged_linear_head(state_dict, model)
+    )
     dropped = (
         [] if head_fits or partial_head else [k for k in state_dict if k in file_head]
     )
@@ -465,6 +468,15 @@ def _load_weights(
         state_dict.setdefault(key, value)
     model.load_state_dict(state_dict)
     return dropped
+
+
+def _damaged_linear_head(state_dict: dict[str, torch.Tensor], model) -> bool:
+    """Whether a file's linear head disagrees with itself (a weight for one
+    number of classes, a bias for another)."""
+    weight, bias = state_dict.get("fc.weight"), state_dict.get("fc.bias")
+    if not isinstance(model.fc, nn.Linear) or weight is None or bias is None:
+        return False
+    return weight.ndim != 2 or tuple(bias.shape) != (weight.shape[0],)
 
 
 def _fold_to_one_channel(conv: nn.Conv2d) -> nn.Conv2d:

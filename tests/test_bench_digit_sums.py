@@ -44,7 +44,7 @@ def test_every_method_runs_and_reports(tmp_path):
     (digit_run,) = saved["runs"]["scratch:digit_sum"]
     assert isinstance(digit_run["digit_accuracy"], float)
     assert saved["runs"]["scratch:defaults"][0]["digit_accuracy"] is None
-    assert "| digit_sum | scratch | 1 |" in bench.markdown_table(result)
+    assert "| digit_sum | scratch | 40 x 1 | 1 |" in bench.markdown_table(result)
 
 
 def test_saved_runs_make_one_table_and_plot(tmp_path):

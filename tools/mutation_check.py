@@ -462,7 +462,8 @@ MUTATIONS: tuple[Mutation, ...] = (
             ),
         ),
         (
-            "tests/test_cross_task_weights.py",
+            "tests/test_cross_task_weights.py::"
+            "test_ten_class_checkpoint_loads_into_a_37_class_fit",
             HEADS + "test_weights_from_a_saved_model_with_a_head",
         ),
         "weights from another task refuse, or load its head into the new one",
