@@ -223,7 +223,7 @@ def plot_curves(result: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (sum)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center right")
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
