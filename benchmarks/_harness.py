@@ -35,6 +35,19 @@ CLOCKS = ("wall", "cpu")
 
 
 # ------------------------------------------------------------ data and device
+def mean_se_text(values: Sequence[float | None]) -> str:
+    """``mean ± standard error`` over seeds, three decimals: the mean alone
+    for one value, ``-`` for none (Nones are left out)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:.3f}"
+    se = statistics.stdev(values) / len(values) ** 0.5
+    return f"{mean:.3f} ± {se:.3f}"
+
+
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; a missing GPU is an error."""
     if name == "auto":

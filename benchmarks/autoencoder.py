@@ -56,6 +56,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _harness import mean_se_text  # noqa: E402
 from segment_digits import digit_pools  # noqa: E402
 from standin import CACHE_DIR, StandinConfig, make_standin  # noqa: E402
 
@@ -442,14 +443,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _mean_se(values: list[float]) -> str:
-    mean = float(np.mean(values))
-    if len(values) < 2:
-        return f"{mean:.3f}"
-    se = float(np.std(values, ddof=1) / np.sqrt(len(values)))
-    return f"{mean:.3f} ± {se:.3f}"
-
-
 def markdown_table(result: dict[str, Any]) -> str:
     """Test accuracy of each approach as a Markdown table."""
     lines = [
@@ -462,14 +455,14 @@ def markdown_table(result: dict[str, Any]) -> str:
             lines.append(
                 f"| pooled layer4 features + LogisticRegression (C {chosen}) "
                 f"| {name} | {len(runs)} "
-                f"| {_mean_se([r['test_accuracy'] for r in runs])} | - "
+                f"| {mean_se_text([r['test_accuracy'] for r in runs])} | - "
                 f"| {np.mean([r['seconds'] for r in runs]):.0f} |"
             )
     for name, runs in result["fine_tune"].items():
         if runs:
             lines.append(
                 f"| estimator defaults, fine-tuned | {name} | {len(runs)} "
-                f"| {_mean_se([r['test_accuracy'] for r in runs])} "
+                f"| {mean_se_text([r['test_accuracy'] for r in runs])} "
                 f"| {', '.join(str(r['best_epoch']) for r in runs)} "
                 f"| {np.mean([r['seconds'] for r in runs]):.0f} |"
             )

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -47,6 +46,7 @@ from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _harness import mean_se_text  # noqa: E402
 from _report_loop import run_report_loop  # noqa: E402
 from _suite import BenchConfig  # noqa: E402
 from standin import StandinConfig, digit_halves, make_standin  # noqa: E402
@@ -167,17 +167,6 @@ def run_method(method, init, data, test, args, seed, weights) -> dict[str, Any]:
     }
 
 
-def _mean_se(values: list[float]) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    mean = float(np.mean(values))
-    if len(values) < 2:
-        return f"{mean:.3f}"
-    se = float(np.std(values, ddof=1) / math.sqrt(len(values)))
-    return f"{mean:.3f} ± {se:.3f}"
-
-
 def markdown_table(result: dict[str, Any]) -> str:
     """The table of the docs: one row per method and start."""
     lines = [
@@ -189,8 +178,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         init, method, size = _key_parts(key, result)
         lines.append(
             f"| {method} | {init} | {size} | {len(runs)} | "
-            f"{_mean_se([r['test_accuracy'] for r in runs])} | "
-            f"{_mean_se([r['digit_accuracy'] for r in runs])} | "
+            f"{mean_se_text([r['test_accuracy'] for r in runs])} | "
+            f"{mean_se_text([r['digit_accuracy'] for r in runs])} | "
             f"{np.mean([r['seconds_per_epoch'] for r in runs]):.0f} |"
         )
     return "\n".join(lines)
