@@ -13,7 +13,6 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
     check_array,
     check_consistent_length,
@@ -34,15 +33,16 @@ from resnetclf._acceleration.devices import (
     resolve_device,
 )
 from resnetclf._backbone import (
-    attach_head,
     build_resnet,
-    feature_map,
-    resolve_weights,
+    read_digits,
+    reads_digits,
+    rebuilt_network,
 )
 from resnetclf._fit_setup import (
     FitData,
-    FitParams,
-    FitSetup,
+    FitPlan,
+    LabelledArray,
+    TrainingParts,
     check_before_data,
     check_kept_network,
     check_new_network,
@@ -56,7 +56,6 @@ from resnetclf._images import (
     ImageLayout,
     array_ndim,
     infer_layout,
-    model_input_channels,
 )
 from resnetclf._lora import add_lora_adapters, merge_lora_adapters
 from resnetclf._param_groups import (
@@ -76,16 +75,16 @@ from resnetclf._sample_weights import (
 )
 from resnetclf._schedules import SCHEDULES, EpochSchedule
 from resnetclf._scoring import EpochScorer
+from resnetclf._tasks import SingleLabelClassification
 from resnetclf._training import (
     BestWeights,
     EpochLoop,
-    LoopSettings,
     batch_slices,
     module_on,
     predict_logits,
     weight_average,
 )
-from resnetclf.heads import HEAD_NAMES, DigitSumHead, resolve_head
+from resnetclf.heads import HEAD_NAMES, DigitSumHead
 
 __all__ = ["ResNetFineTuneClassifier"]
 
@@ -433,6 +432,10 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         self.ema_decay = ema_decay
         self.lora_rank = lora_rank
 
+    def _make_task(self) -> SingleLabelClassification:
+        """What this estimator learns: its targets, loss and outputs."""
+        return SingleLabelClassification(self.label_smoothing)
+
     # ------------------------------------------------------------------ fit
     def fit(
         self,
@@ -478,26 +481,39 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         self : ResNetFineTuneClassifier
             The fitted estimator.
         """
-        params = check_before_data(self)
+        plan = check_before_data(self)
         # Decided once: a warm start continues the fitted network and history.
         warm = self.warm_start and hasattr(self, "module_")
         # validate_data sets n_features_in_ at once; a refused fit restores it.
         with restored_on_error(self, ("n_features_in_", "feature_names_in_")):
             data = self._check_data(
-                X, y, sample_weight, X_val, y_val, sample_weight_val, warm
+                plan, X, y, sample_weight, X_val, y_val, sample_weight_val, warm
             )
-            setup = self._build_setup(params, data, warm)
+            self._check_network(plan, data, warm)
+            scorer = EpochScorer(self.scoring, self, data.classes)
+            rng = check_random_state(self.random_state)
+            parts = training_parts(
+                data, plan, self.validation_fraction, rng, scorer.needs_logits
+            )
+            if self.early_stopping and parts.val is None:
+                raise ValueError(
+                    "early_stopping=True needs validation data: pass X_val and "
+                    "y_val or a validation_fraction > 0"
+                )
+            if self.checkpoint_path is not None:
+                check_writable(self.checkpoint_path)
         # All checks passed: from here on, work is done.
-        model = self._initial_module(setup)
-        loop = self._epoch_loop(model, setup)
-        self._train(loop, model, setup)
-        self._set_fitted(model, loop, setup)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        model = self._initial_module(plan, data, parts, warm, seed)
+        loop = self._epoch_loop(model, plan, parts, scorer, rng, seed, warm)
+        self._train(loop, model, plan)
+        self._set_fitted(model, loop, plan, data)
         return self
 
     def _check_data(
-        self, X, y, sample_weight, X_val, y_val, sample_weight_val, warm: bool
+        self, plan: FitPlan, X, y, sample_weight, X_val, y_val, sample_weight_val, warm
     ) -> FitData:
-        """The arrays of ``fit`` validated; labels encoded, weights combined."""
+        """The arrays of ``fit`` validated; targets encoded, weights combined."""
         if (X_val is None) != (y_val is None):
             raise ValueError("X_val and y_val must be passed together")
         if sample_weight_val is not None and X_val is None:
@@ -505,111 +521,70 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         X, y, layout = self._validate_images(
             X, y, reset=not warm, expected=self.image_shape_ if warm else None
         )
-        check_classification_targets(y)
-        classes, y_encoded = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(
-                f"y has {len(classes)} class ({classes[:1].tolist()}); a "
-                "classifier needs samples of at least 2 classes"
-            )
-        if warm and not np.array_equal(classes, self.classes_):
-            raise ValueError(
-                "warm_start=True needs the classes of the first fit "
-                f"{self.classes_.tolist()}; y has {classes.tolist()}"
-            )
+        classes, y_encoded = plan.task.encode(y, self.classes_ if warm else None)
         class_weights = per_class_weights(self.class_weight, classes, y)
         weights = combined_sample_weight(sample_weight, class_weights, X, y_encoded)
         if weights is not None:
             check_every_class_weighted(weights, y_encoded, classes)
-        data = FitData(X, y_encoded, layout, classes, class_weights, weights)
-        if X_val is not None:
-            self._check_validation_data(data, X_val, y_val, sample_weight_val)
-        return data
-
-    def _check_validation_data(
-        self, data: FitData, X_val, y_val, sample_weight_val
-    ) -> None:
-        X_val, y_val, data.val_layout = self._validate_images(
-            X_val, y_val, name="X_val", expected=data.layout.image_shape
+        train = LabelledArray(X, layout, y_encoded, weights)
+        if X_val is None:
+            return FitData(train, classes)
+        X_val, y_val, val_layout = self._validate_images(
+            X_val, y_val, name="X_val", expected=layout.image_shape
         )
-        unseen = np.setdiff1d(y_val, data.classes)
-        if len(unseen):
-            raise ValueError(f"y_val has labels not in y: {unseen[:10].tolist()}")
-        data.X_val, data.y_val_encoded = X_val, np.searchsorted(data.classes, y_val)
+        y_val_encoded = plan.task.encode_known(y_val, classes, "y_val")
         val_weights = combined_sample_weight(
-            sample_weight_val, data.class_weights, X_val, data.y_val_encoded,
+            sample_weight_val, class_weights, X_val, y_val_encoded,
             name="sample_weight_val",
         )  # fmt: skip
-        data.val_weights = normalised_or_none(val_weights, "sample_weight_val")
+        val_weights = normalised_or_none(val_weights, "sample_weight_val")
+        val = LabelledArray(X_val, val_layout, y_val_encoded, val_weights)
+        return FitData(train, classes, val)
 
-    def _build_setup(self, params: FitParams, data: FitData, warm: bool) -> FitSetup:
-        """The network checked, and the batches, scorer, rng and split built."""
-        model_channels = model_input_channels(
-            data.layout.channels, params.mean, params.std
-        )
-        initial_weights = None if warm else resolve_weights(self.arch, self.weights)
+    def _check_network(self, plan: FitPlan, data: FitData, warm: bool) -> None:
+        """Refuse a network that cannot take the data: the kept one of a warm
+        start, or the new one (``arch``, ``lora_rank``, ``head``)."""
+        layout = data.train.layout
+        channels = plan.model_channels(layout.channels)
         if warm:
-            check_kept_network(self.module_, model_channels, self.head, data.classes)
+            check_kept_network(self.module_, channels, self.head, data.classes)
         else:
             check_new_network(
-                self.arch,
-                data.classes,
-                model_channels,
-                self.lora_rank,
-                params.stage_lrs,
-                head=self.head,
-                image_size=data.layout.image_shape[:2],
+                self, plan, data.classes, channels, image_size=layout.image_shape[:2]
             )
-        scorer = EpochScorer(self.scoring, self, data.classes)
-        rng = check_random_state(self.random_state)
-        train, val, validation_X = training_parts(
-            data, params, model_channels, self.validation_fraction, rng, scorer
-        )
-        if self.early_stopping and val is None:
-            raise ValueError(
-                "early_stopping=True needs validation data: pass X_val and "
-                "y_val or a validation_fraction > 0"
-            )
-        if self.checkpoint_path is not None:
-            check_writable(self.checkpoint_path)
-        return FitSetup(
-            train=train,
-            val=val,
-            validation_X=validation_X,
-            classes=data.classes,
-            layout=data.layout,
-            stage_lrs=params.stage_lrs,
-            initial_weights=initial_weights,
-            scorer=scorer,
-            rng=rng,
-            seed=int(rng.randint(np.iinfo(np.int32).max)),
-            device=params.device,
-            amp_dtype=params.amp_dtype,
-            normalization=(params.mean, params.std),
-            warm=warm,
-        )
 
-    def _initial_module(self, setup: FitSetup) -> nn.Module:
-        if setup.warm:
-            return self.module_.to(setup.device)
+    def _initial_module(
+        self, plan: FitPlan, data: FitData, parts: TrainingParts, warm: bool, seed: int
+    ) -> nn.Module:
+        if warm:
+            return self.module_.to(plan.device)
         # Seeded here, so the new head (and a randomly initialised backbone)
         # follow random_state without touching the global torch RNG.
-        with torch_seeded(setup.device, setup.seed):
+        with torch_seeded(plan.device, seed):
             model = build_resnet(
                 self.arch,
-                setup.initial_weights,
-                len(setup.classes),
-                setup.train.images.model_channels,
+                plan.weights,
+                len(data.classes),
+                parts.model_channels,
                 verbose=self.verbose,
                 head=self.head,
-                classes=setup.classes,
+                classes=data.classes,
             )
-        return model.to(setup.device, memory_format=torch.channels_last)
+        return model.to(plan.device, memory_format=torch.channels_last)
 
-    def _epoch_loop(self, model: nn.Module, setup: FitSetup) -> EpochLoop:
-        device = setup.device
+    def _epoch_loop(
+        self,
+        model: nn.Module,
+        plan: FitPlan,
+        parts: TrainingParts,
+        scorer: EpochScorer,
+        rng: np.random.RandomState,
+        seed: int,
+        warm: bool,
+    ) -> EpochLoop:
+        device = plan.device
         best = BestWeights(checkpoint_path=self.checkpoint_path)
-        if setup.warm and setup.val is not None and self.best_score_ is not None:
+        if warm and parts.val is not None and self.best_score_ is not None:
             # The weights now in the model are the previous fit's best.
             best = BestWeights(
                 self.best_score_,
@@ -617,15 +592,15 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
                 {k: v.detach().clone() for k, v in model.state_dict().items()},
                 self.checkpoint_path,
             )
-        freeze_stages(model, setup.stage_lrs)
+        freeze_stages(model, plan.stage_lrs)
         if self.lora_rank is not None:
             # The factors are drawn from the global RNG: seeded here.
-            with torch_seeded(device, setup.seed + 2):
-                stages = trainable_stages(setup.stage_lrs)
+            with torch_seeded(device, seed + 2):
+                stages = trainable_stages(plan.stage_lrs)
                 add_lora_adapters(model, self.lora_rank, stages)
         # A 1-channel conv1 is always the RGB stem folded over repeated gray.
         stem_fold = 3 if model.conv1.in_channels == 1 else 1
-        groups = StageParamGroups(model, setup.stage_lrs, self.weight_decay, stem_fold)
+        groups = StageParamGroups(model, plan.stage_lrs, self.weight_decay, stem_fold)
         optimizer = make_optimizer(self.optimizer, groups.groups, device)
         schedule = EpochSchedule(
             self.lr_schedule,
@@ -635,40 +610,40 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             patience=max(1, self.n_iter_no_change // 2),
             tol=self.tol,
         )
-        n_batches = len(batch_slices(len(setup.train), self.batch_size, training=True))
+        n_batches = len(batch_slices(len(parts.train), self.batch_size, training=True))
         return EpochLoop(
             model=model,
             forward=compiled_forward(model, self.torch_compile),
             optimizer=optimizer,
             param_groups=groups,
             schedule=schedule,
-            settings=LoopSettings.of(self, setup.amp_dtype),
-            rng=setup.rng,
-            generator=torch.Generator(device=device).manual_seed(setup.seed + 1),
+            plan=plan,
+            parts=parts,
+            rng=rng,
+            generator=torch.Generator(device=device).manual_seed(seed + 1),
             best=best,
             reporter=ProgressReporter(self.verbose, self.max_iter, n_batches),
             grad_scaler=(
                 torch.amp.GradScaler(device.type)
-                if setup.amp_dtype == torch.float16
+                if plan.amp_dtype == torch.float16
                 else None
             ),
-            history=list(self.history_) if setup.warm else [],
+            history=list(self.history_) if warm else [],
             ema=weight_average(model, self.ema_decay),
-            scorer=setup.scorer,
-            validation_X=setup.validation_X,
+            scorer=scorer,
         )
 
-    def _train(self, loop: EpochLoop, model: nn.Module, setup: FitSetup) -> None:
+    def _train(self, loop: EpochLoop, model: nn.Module, plan: FitPlan) -> None:
         """Run the training phases: the head alone first when
         ``freeze_epochs`` asks for it, then every stage at its rate."""
         plain_forward = loop.forward
         try:
-            phases = training_phases(setup.stage_lrs, self.freeze_epochs, self.max_iter)
+            phases = training_phases(plan.stage_lrs, self.freeze_epochs, self.max_iter)
             for n_epochs, stage_lrs in phases:
                 loop.frozen_stages = freeze_stages(model, stage_lrs)
                 # A phase that changes what trains needs graphs of its own.
-                with self._accelerated(model, plain_forward, setup, n_epochs, loop):
-                    loop.run(setup.train, setup.val, n_epochs)
+                with self._accelerated(model, plain_forward, n_epochs, loop):
+                    loop.run(n_epochs)
                 loop.forward = plain_forward
                 if loop.stopped:
                     break
@@ -676,16 +651,17 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             # Adapters merged, the model is a plain torchvision ResNet again,
             # whatever happened (an adapted module does not pickle).
             merge_lora_adapters(model)
-        freeze_stages(model, setup.stage_lrs)
+        freeze_stages(model, plan.stage_lrs)
         loop.keep_final_weights()
         # The last step's gradients would double the fitted model's memory.
         model.zero_grad(set_to_none=True)
 
     @contextlib.contextmanager
-    def _accelerated(self, model, forward, setup, n_epochs: int, loop: EpochLoop):
+    def _accelerated(self, model, forward, n_epochs: int, loop: EpochLoop):
         """The speed-ups of one training phase; sets ``loop.forward``."""
-        device = setup.device
-        n_val = len(setup.val) if setup.val is not None else 0
+        device = loop.plan.device
+        n_train = len(loop.parts.train)
+        n_val = len(loop.parts.val) if loop.parts.val is not None else 0
         # Compiled graphs get inductor's own kernels, not the switched modules;
         # the loop trains through the forward that cuda_graphed hands back.
         with (
@@ -696,7 +672,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
                 model,
                 device,
                 self.batch_size,
-                training_batches=n_epochs * (len(setup.train) // self.batch_size),
+                training_batches=n_epochs * (n_train // self.batch_size),
                 # A weight average is evaluated eagerly, not the graphed model.
                 evaluation_batches=(
                     n_epochs * (n_val // self.batch_size) if loop.ema is None else 0
@@ -705,14 +681,16 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         ):
             yield
 
-    def _set_fitted(self, model: nn.Module, loop: EpochLoop, setup: FitSetup):
-        self.classes_ = setup.classes
-        self.image_shape_ = setup.layout.image_shape
-        self._model_channels = setup.train.images.model_channels
-        self._normalization_stats = setup.normalization
+    def _set_fitted(
+        self, model: nn.Module, loop: EpochLoop, plan: FitPlan, data: FitData
+    ) -> None:
+        self.classes_ = data.classes
+        self.image_shape_ = data.train.layout.image_shape
+        self._model_channels = loop.parts.model_channels
+        self._normalization_stats = (plan.mean, plan.std)
         # Ready for inference, so that predict changes nothing about it.
         self.module_ = model.eval()
-        self.device_ = setup.device
+        self.device_ = plan.device
         self.n_trainable_params_ = loop.param_groups.n_parameters
         self.history_ = loop.history
         self.n_iter_ = len(loop.history)
@@ -771,8 +749,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         proba : ndarray of shape (n_samples, n_classes)
             Rows sum to 1; columns follow ``classes_``.
         """
-        logits = self._logits(X)
-        return torch.softmax(logits.double(), dim=1).numpy()
+        return self._make_task().proba(self._logits(X))
 
     def predict(self, X) -> np.ndarray:
         """Predicted class labels of images ``X``.
@@ -787,13 +764,12 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         y_pred : ndarray of shape (n_samples,)
             Labels from ``classes_``.
         """
-        logits = self._logits(X)
-        return self.classes_[logits.argmax(dim=1).numpy()]
+        return self._make_task().predict(self._logits(X), self.classes_)
 
     def _reads_digits(self) -> bool:
         """Whether the head reads digits: the fitted one, else the one asked for."""
         if hasattr(self, "module_"):
-            return hasattr(self.module_.fc, "read_digits")
+            return reads_digits(self.module_)
         return self.head == "digit-sum" or isinstance(self.head, DigitSumHead)
 
     @available_if(_reads_digits)
@@ -817,7 +793,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         """
 
         def read(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-            return lambda inputs: model.fc.read_digits(feature_map(model, inputs))
+            return lambda inputs: read_digits(model, inputs)
 
         return self._outputs(X, read).round().to(torch.int64).numpy()
 
@@ -868,16 +844,9 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         module_state = state.pop("_module_state", None)
         super().__setstate__(state)
         if module_state is not None:
-            n_classes = len(self.classes_)
-            in_channels = module_state["conv1.weight"].shape[1]
-            with torch.device("meta"):
-                model = build_resnet(self.arch, None, n_classes, in_channels)
-            head = resolve_head(self.head)
-            if head is not None:
-                # Built for real: its buffers, not in the state dict, must be.
-                attach_head(model, head, self.classes_)
-            model.load_state_dict(module_state, assign=True)
-            self.module_ = model.to(memory_format=torch.channels_last).eval()
+            self.module_ = rebuilt_network(
+                self.arch, self.head, self.classes_, module_state
+            )
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

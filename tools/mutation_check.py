@@ -269,8 +269,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "EpochLoop.end_epoch",
-                "self._no_improvement >= settings.n_iter_no_change",
-                "self._no_improvement > settings.n_iter_no_change",
+                "self._no_improvement >= plan.n_iter_no_change",
+                "self._no_improvement > plan.n_iter_no_change",
             ),
         ),
         (CORE + "test_early_stopping_stops_after_exactly_patience_epochs",),
@@ -281,7 +281,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "resnetclf/_fit_setup.py",
         (
             Edit(
-                "check_params",
+                "_plan",
                 "resolve_normalization(estimator.normalization)",
                 "resolve_normalization((0.5, 0.5))",
             ),
@@ -310,10 +310,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "classes-encoded-by-first-appearance",
-        "resnetclf/_estimator.py",
+        "resnetclf/_tasks.py",
         (
             Edit(
-                "ResNetFineTuneClassifier._check_data",
+                "SingleLabelClassification.encode",
                 "classes, y_encoded = np.unique(y, return_inverse=True)",
                 "classes, first, y_encoded = np.unique(\n"
                 "    y, return_index=True, return_inverse=True\n"
@@ -330,8 +330,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "ResNetFineTuneClassifier._initial_module",
-                "return self.module_.to(setup.device)",
-                "return self.module_.to(setup.device).apply(\n"
+                "return self.module_.to(plan.device)",
+                "return self.module_.to(plan.device).apply(\n"
                 "    lambda m: getattr(m, 'reset_parameters', lambda: None)()\n"
                 ")",
             ),
@@ -345,7 +345,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "ResNetFineTuneClassifier._epoch_loop",
-                "history=list(self.history_) if setup.warm else []",
+                "history=list(self.history_) if warm else []",
                 "history=[]",
             ),
         ),
@@ -395,9 +395,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "resnetclf/_estimator.py",
         (
             Edit(
-                "ResNetFineTuneClassifier._build_setup",
-                "check_kept_network(self.module_, model_channels, self.head,"
-                " data.classes)",
+                "ResNetFineTuneClassifier._check_network",
+                "check_kept_network(self.module_, channels, self.head, data.classes)",
                 "pass",
             ),
         ),
