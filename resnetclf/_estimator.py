@@ -75,7 +75,7 @@ from resnetclf._sample_weights import (
 )
 from resnetclf._schedules import SCHEDULES, EpochSchedule
 from resnetclf._scoring import EpochScorer
-from resnetclf._tasks import SingleLabelClassification
+from resnetclf._tasks import SingleLabelClassification, Task
 from resnetclf._training import (
     BestWeights,
     EpochLoop,
@@ -505,7 +505,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         # All checks passed: from here on, work is done.
         seed = int(rng.randint(np.iinfo(np.int32).max))
         model = self._initial_module(plan, data, parts, warm, seed)
-        loop = self._epoch_loop(model, plan, parts, scorer, rng, seed, warm)
+        loop = self._epoch_loop(model, plan, data.task, parts, scorer, rng, seed, warm)
         self._train(loop, model, plan)
         self._set_fitted(model, loop, plan, data)
         return self
@@ -521,25 +521,26 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         X, y, layout = self._validate_images(
             X, y, reset=not warm, expected=self.image_shape_ if warm else None
         )
-        classes, y_encoded = plan.task.encode(y, self.classes_ if warm else None)
+        task = self._make_task()
+        classes, y_encoded = task.encode(y, self.classes_ if warm else None)
         class_weights = per_class_weights(self.class_weight, classes, y)
         weights = combined_sample_weight(sample_weight, class_weights, X, y_encoded)
         if weights is not None:
             check_every_class_weighted(weights, y_encoded, classes)
         train = LabelledArray(X, layout, y_encoded, weights)
         if X_val is None:
-            return FitData(train, classes)
+            return FitData(task, train, classes)
         X_val, y_val, val_layout = self._validate_images(
             X_val, y_val, name="X_val", expected=layout.image_shape
         )
-        y_val_encoded = plan.task.encode_known(y_val, classes, "y_val")
+        y_val_encoded = task.encode_known(y_val, classes, "y_val")
         val_weights = combined_sample_weight(
             sample_weight_val, class_weights, X_val, y_val_encoded,
             name="sample_weight_val",
         )  # fmt: skip
         val_weights = normalised_or_none(val_weights, "sample_weight_val")
         val = LabelledArray(X_val, val_layout, y_val_encoded, val_weights)
-        return FitData(train, classes, val)
+        return FitData(task, train, classes, val)
 
     def _check_network(self, plan: FitPlan, data: FitData, warm: bool) -> None:
         """Refuse a network that cannot take the data: the kept one of a warm
@@ -576,6 +577,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         self,
         model: nn.Module,
         plan: FitPlan,
+        task: Task,
         parts: TrainingParts,
         scorer: EpochScorer,
         rng: np.random.RandomState,
@@ -618,6 +620,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             param_groups=groups,
             schedule=schedule,
             plan=plan,
+            task=task,
             parts=parts,
             rng=rng,
             generator=torch.Generator(device=device).manual_seed(seed + 1),

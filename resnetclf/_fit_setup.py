@@ -42,7 +42,7 @@ from resnetclf._param_groups import (
     trainable_stages,
 )
 from resnetclf._split import stratified_holdout
-from resnetclf._tasks import SingleLabelClassification
+from resnetclf._tasks import Task
 from resnetclf._training import LabelledImages
 from resnetclf._warnings import user_stacklevel
 from resnetclf.heads import resolve_head
@@ -68,11 +68,11 @@ class FitPlan:
 
     Built once, before the data is read, by :func:`check_before_data`; it is
     the one object that carries settings from ``fit`` down to the training
-    step. What is used once where it is built (the optimizer's name, the
-    schedule, EMA, LoRA, ...) is read from the estimator there instead.
+    step (what the targets ask for is the data's :class:`Task`). What is used
+    once, where it is built (the optimizer's name, the schedule, EMA, LoRA,
+    ...), is read from the estimator there instead.
     """
 
-    task: SingleLabelClassification  # targets, loss, hits, outputs
     weights: object  # resolved: a WeightsEnum, a file path, or None
     stage_lrs: dict[str, float]  # learning rate of each stage
     mean: tuple[float, ...]  # normalisation, per channel
@@ -121,7 +121,6 @@ def _plan(estimator) -> FitPlan:
     mean, std = resolve_normalization(estimator.normalization)
     device = resolve_device(estimator.device)
     return FitPlan(
-        task=estimator._make_task(),
         weights=weights,
         stage_lrs=stage_lrs,
         mean=mean,
@@ -148,8 +147,9 @@ class LabelledArray:
 
 @dataclass(frozen=True)
 class FitData:
-    """The arrays of one fit, validated, with targets encoded by ``classes``."""
+    """The arrays of one fit, validated, with targets encoded by ``task``."""
 
+    task: Task  # what the targets are: their loss, hits and outputs
     train: LabelledArray
     classes: np.ndarray
     val: LabelledArray | None = None  # X_val and y_val, when given

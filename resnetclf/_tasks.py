@@ -10,12 +10,26 @@ is a new class here with the same methods, and an estimator that makes it.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.utils.multiclass import check_classification_targets
 
-__all__ = ["SingleLabelClassification", "weighted_cross_entropy"]
+__all__ = ["SingleLabelClassification", "Task", "weighted_cross_entropy"]
+
+
+class Task(Protocol):
+    """What the fit core asks of a task (see :class:`SingleLabelClassification`)."""
+
+    def encode(self, y, fitted_classes=None) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def encode_known(self, y, classes: np.ndarray, name: str) -> np.ndarray: ...
+
+    def loss(self, outputs, targets, weights, *, training: bool = True): ...
+
+    def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
 
 
 def weighted_cross_entropy(

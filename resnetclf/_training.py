@@ -29,6 +29,7 @@ from resnetclf._warnings import user_stacklevel
 
 if TYPE_CHECKING:  # _fit_setup imports this module
     from resnetclf._fit_setup import FitPlan, TrainingParts
+    from resnetclf._tasks import Task
 
 __all__ = [
     "BestWeights",
@@ -242,7 +243,8 @@ class EpochLoop:
     optimizer: torch.optim.Optimizer
     param_groups: StageParamGroups
     schedule: EpochSchedule
-    plan: FitPlan  # the fit's settings: batches, augmentation, loss, stopping
+    plan: FitPlan  # the fit's settings: batches, augmentation, stopping
+    task: Task  # the targets' loss and hits
     parts: TrainingParts  # the samples that train and those that validate
     rng: np.random.RandomState  # shuffles the batches
     generator: torch.Generator  # draws the rotations, on the device
@@ -376,7 +378,7 @@ class EpochLoop:
                 # Sums stay on the device: no host sync per batch. Weights
                 # have a mean of 1 over the set, so these are weighted means.
                 loss_sum += loss.detach().float() * len(indices)
-                hits = self.plan.task.hits(logits.detach(), targets)
+                hits = self.task.hits(logits.detach(), targets)
                 correct_sum += hits.sum() if weights is None else weights @ hits
                 self.reporter.end_batch()
         return loss_sum.item() / len(order), correct_sum.item() / len(order)
@@ -389,7 +391,7 @@ class EpochLoop:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast_context(inputs.device, self.plan.amp_dtype):
             logits = self.forward(inputs)
-            loss = self.plan.task.loss(logits, targets, weights)
+            loss = self.task.loss(logits, targets, weights)
         self.optimizer.zero_grad(set_to_none=True)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -427,10 +429,8 @@ class EpochLoop:
                 with autocast_context(device, self.plan.amp_dtype):
                     logits = forward(data.images.get(indices)).float()
                 # The plain (unsmoothed) loss: comparable across settings.
-                loss_sum += self.plan.task.loss(
-                    logits, targets, weights, training=False
-                )
-                correct = self.plan.task.hits(logits, targets)
+                loss_sum += self.task.loss(logits, targets, weights, training=False)
+                correct = self.task.hits(logits, targets)
                 if weights is None:
                     correct_sum += correct.sum()
                     weight_sum += len(indices)
