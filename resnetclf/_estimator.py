@@ -32,6 +32,7 @@ from resnetclf._acceleration.devices import (
     cudnn_autotuned,
     resolve_device,
 )
+from resnetclf._acceleration.frozen_features import FeatureBatches, features_suffice
 from resnetclf._backbone import (
     build_resnet,
     read_digits,
@@ -79,6 +80,7 @@ from resnetclf._tasks import SingleLabelClassification, Task
 from resnetclf._training import (
     BestWeights,
     EpochLoop,
+    autocast_context,
     batch_slices,
     module_on,
     predict_logits,
@@ -612,10 +614,25 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
             patience=max(1, self.n_iter_no_change // 2),
             tol=self.tol,
         )
+        forward = compiled_forward(model, self.torch_compile)
+        trainable = trainable_stages(plan.stage_lrs)
+        if features_suffice(
+            model, trainable, plan.rotation_degrees, self.ema_decay, self.torch_compile
+        ):
+            # Only the head trains on fixed images: read it features, not images.
+            parts = parts.on_features(
+                lambda images: FeatureBatches(
+                    images,
+                    model,
+                    self.batch_size,
+                    lambda: autocast_context(device, plan.amp_dtype),
+                )
+            )
+            forward = model.fc
         n_batches = len(batch_slices(len(parts.train), self.batch_size, training=True))
         return EpochLoop(
             model=model,
-            forward=compiled_forward(model, self.torch_compile),
+            forward=forward,
             optimizer=optimizer,
             param_groups=groups,
             schedule=schedule,

@@ -14,7 +14,7 @@ import contextlib
 import tempfile
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +166,20 @@ class TrainingParts:
     @property
     def model_channels(self) -> int:
         return self.train.images.model_channels
+
+    def on_features(self, features_of) -> TrainingParts:
+        """These parts with ``features_of(images)`` read in place of each
+        part's images (the frozen-backbone fast path)."""
+        features = {}  # by images: a held-out part shares the training one's
+
+        def read(part: LabelledImages) -> LabelledImages:
+            key = id(part.images)
+            if key not in features:
+                features[key] = features_of(part.images)
+            return replace(part, images=features[key])
+
+        val = None if self.val is None else read(self.val)
+        return TrainingParts(read(self.train), val, self.validation_X)
 
 
 def training_parts(
