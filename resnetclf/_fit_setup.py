@@ -41,7 +41,7 @@ from resnetclf._param_groups import (
     stage_learning_rates,
     trainable_stages,
 )
-from resnetclf._split import stratified_holdout
+from resnetclf._split import random_holdout, stratified_holdout
 from resnetclf._tasks import Task
 from resnetclf._training import LabelledImages
 from resnetclf._warnings import user_stacklevel
@@ -193,7 +193,8 @@ def training_parts(
     validation images a scorer gets as X (None when it needs none).
 
     Without ``X_val``, ``validation_fraction`` of the data is held out,
-    stratified; samples keep their weights, normalised over each part.
+    stratified when the task's targets are classes; samples keep their
+    weights, normalised over each part.
     """
     train = data.train
     channels = plan.model_channels(train.layout.channels)
@@ -228,7 +229,11 @@ def _held_out(
     if fraction == 0:
         all_indices = np.arange(len(y_encoded))
         return _weighted_part(images, all_indices, y_encoded, weights), None
-    train_idx, val_idx, unsplit = stratified_holdout(y_encoded, fraction, rng)
+    if not data.task.stratify:
+        train_idx, val_idx = random_holdout(len(y_encoded), fraction, rng)
+        unsplit = []
+    else:
+        train_idx, val_idx, unsplit = stratified_holdout(y_encoded, fraction, rng)
     if len(unsplit):
         warnings.warn(
             f"{len(unsplit)} class(es) got no validation sample (too few "

@@ -421,6 +421,12 @@ def _optional_int(value) -> int | None:
 
 # name -> (to JSON, from JSON, required): what predict, predict_proba, score
 # and a warm start read, and history_.
+def _flag_from_json(value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"a flag must be a JSON bool, got {str(value)[:40]!r}")
+    return value
+
+
 _FITTED = {
     "classes_": (_classes_to_json, _classes_from_json, True),
     "n_features_in_": (int, _count, True),
@@ -434,6 +440,7 @@ _FITTED = {
     "n_iter_": (int, _count, True),
     "n_trainable_params_": (int, _count, True),
     "device_": (str, _device_from_json, True),
+    "_multi_label": (bool, _flag_from_json, False),
 }
 
 

@@ -17,11 +17,27 @@ import torch
 import torch.nn.functional as F
 from sklearn.utils.multiclass import check_classification_targets
 
-__all__ = ["SingleLabelClassification", "Task", "weighted_cross_entropy"]
+__all__ = [
+    "MultiLabelClassification",
+    "SingleLabelClassification",
+    "Task",
+    "weighted_cross_entropy",
+]
 
 
 class Task(Protocol):
-    """What the fit core asks of a task (see :class:`SingleLabelClassification`)."""
+    """What the fit core asks of a task (see :class:`SingleLabelClassification`).
+
+    ``stratify`` says whether the targets are class indices: then the
+    internal validation split keeps the classes' shares, and each class must
+    keep some weight; ``metric`` names the per-sample measure that
+    ``hits`` gives and the history records as ``train_<metric>`` and
+    ``val_<metric>``; ``score`` turns the validation part's weighted mean of
+    it into the default validation score (higher is better).
+    """
+
+    stratify: bool
+    metric: str
 
     def encode(self, y, fitted_classes=None) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -30,6 +46,12 @@ class Task(Protocol):
     def loss(self, outputs, targets, weights, *, training: bool = True): ...
 
     def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    def score(self, metric: float, targets: np.ndarray, weights) -> float: ...
+
+    def predict(self, outputs: torch.Tensor, classes: np.ndarray) -> np.ndarray: ...
+
+    def decode(self, targets: np.ndarray, classes: np.ndarray) -> np.ndarray: ...
 
 
 def weighted_cross_entropy(
@@ -66,6 +88,9 @@ class SingleLabelClassification:
         Smoothing of the training loss's targets; validation losses are
         always plain, so that they compare across settings.
     """
+
+    stratify = True
+    metric = "accuracy"
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         self.label_smoothing = float(label_smoothing)
@@ -119,6 +144,10 @@ class SingleLabelClassification:
         """1.0 where the top output is the target, per sample (accuracy)."""
         return (outputs.argmax(dim=1) == targets).float()
 
+    def score(self, metric: float, targets: np.ndarray, weights) -> float:
+        """Accuracy is the default score."""
+        return metric
+
     def proba(self, outputs: torch.Tensor) -> np.ndarray:
         """Class probabilities, in float64 so that rows sum to 1."""
         return torch.softmax(outputs.double(), dim=1).numpy()
@@ -126,3 +155,84 @@ class SingleLabelClassification:
     def predict(self, outputs: torch.Tensor, classes: np.ndarray) -> np.ndarray:
         """The label of each sample's top output."""
         return classes[outputs.argmax(dim=1).numpy()]
+
+    def decode(self, targets: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """The labels of encoded targets."""
+        return classes[targets]
+
+
+def _indicator(y, name: str, n_labels: int | None = None) -> np.ndarray:
+    """A 0/1 label-indicator matrix as float32 (what the loss reads)."""
+    y = np.asarray(y)
+    if y.ndim != 2 or (n_labels is not None and y.shape[1] != n_labels):
+        wanted = f"(n_samples, {n_labels})" if n_labels else "(n_samples, n_labels)"
+        raise ValueError(f"{name} must be a label-indicator matrix of shape {wanted}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(
+            f"{name} is 2-D, which a classifier reads as a multi-label indicator "
+            "matrix: every value must be 0 or 1"
+        )
+    return y.astype(np.float32)
+
+
+class MultiLabelClassification:
+    """Any number of labels per image, each present or not: one sigmoid per
+    label, as ``MLPClassifier`` does with a label-indicator ``y``.
+
+    The history's measure, and the default validation score, is the
+    sample-averaged F1 of the predicted label sets (1 for a sample whose true
+    and predicted sets are both empty): it credits each label an epoch gets
+    right, where subset accuracy (``score``'s) moves only when every label
+    of a sample is right at once.
+
+    Parameters
+    ----------
+    label_smoothing : float, default=0.0
+        Targets pulled toward 1/2 by this much in the training loss.
+    """
+
+    stratify = False  # as scikit-learn's splitters do for multi-label y
+    metric = "f1_samples"
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = float(label_smoothing)
+
+    def encode(
+        self, y, fitted_classes: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        n_labels = None if fitted_classes is None else len(fitted_classes)
+        targets = _indicator(y, "y", n_labels)
+        return np.arange(targets.shape[1]), targets
+
+    def encode_known(self, y, classes: np.ndarray, name: str) -> np.ndarray:
+        return _indicator(y, name, len(classes))
+
+    def loss(self, outputs, targets, weights, *, training: bool = True):
+        if training and self.label_smoothing:
+            targets = targets * (1 - self.label_smoothing) + self.label_smoothing / 2
+        # Mean over labels: a sample weighs the same whatever its label count.
+        losses = F.binary_cross_entropy_with_logits(
+            outputs.float(), targets, reduction="none"
+        ).mean(dim=1)
+        if weights is not None:
+            losses = losses * weights
+        return losses.mean() if training else losses.sum()
+
+    def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        predicted = (outputs > 0).float()
+        both = (predicted * targets).sum(dim=1)
+        either = predicted.sum(dim=1) + targets.sum(dim=1)
+        return torch.where(either > 0, 2 * both / either.clamp(min=1), 1.0)
+
+    def score(self, metric: float, targets: np.ndarray, weights) -> float:
+        return metric
+
+    def proba(self, outputs: torch.Tensor) -> np.ndarray:
+        """Each label's probability: ``(n_samples, n_labels)``."""
+        return torch.sigmoid(outputs.double()).numpy()
+
+    def predict(self, outputs: torch.Tensor, classes: np.ndarray) -> np.ndarray:
+        return (outputs > 0).numpy().astype(np.int64)
+
+    def decode(self, targets: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        return targets.astype(np.int64)

@@ -250,10 +250,10 @@ class EpochLoop:
     generator: torch.Generator  # draws the rotations, on the device
     best: BestWeights
     reporter: ProgressReporter
+    scorer: EpochScorer  # the validation score that picks the best epoch
     grad_scaler: torch.amp.GradScaler | None = None  # for fp16
     history: list[dict] = field(default_factory=list)
     ema: AveragedModel | None = None
-    scorer: EpochScorer | None = None
     frozen_stages: list[str] = field(default_factory=list)  # in this phase
     stopped: bool = False
 
@@ -333,27 +333,24 @@ class EpochLoop:
         # Stages frozen for this phase keep their group's rate but do not train.
         rates.update(dict.fromkeys(self.frozen_stages, 0.0))
         self.reporter.start_epoch(epoch)
-        train_loss, train_accuracy = self.train_epoch(train)
-        val_loss = val_accuracy = val_score = None
+        train_loss, train_metric = self.train_epoch(train)
+        val_loss = val_metric = val_score = None
         if val is not None:
-            val_loss, val_accuracy, logits = self.evaluate(val)
-            val_score = (
-                val_accuracy
-                if self.scorer is None
-                else self.scorer(
-                    val_accuracy,
-                    logits,
-                    self.parts.validation_X,
-                    val.labels[val.indices],
-                    val.index_weights(),
-                )
+            val_loss, val_metric, logits = self.evaluate(val)
+            val_score = self.scorer(
+                val_metric,
+                logits,
+                self.parts.validation_X,
+                val.labels[val.indices],
+                val.index_weights(),
             )
+        metric = self.task.metric
         record = {
             "epoch": epoch,
             "train_loss": train_loss,
-            "train_accuracy": train_accuracy,
+            f"train_{metric}": train_metric,
             "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
+            f"val_{metric}": val_metric,
             "val_score": val_score,
         }
         record.update({f"lr_{stage}": rate for stage, rate in rates.items()})
@@ -415,7 +412,7 @@ class EpochLoop:
         # The (graphed) forward is the training model's; an average runs as is.
         forward = self.forward if self.ema is None else model
         device = data.images.device
-        keep_logits = self.scorer is not None and self.scorer.needs_logits
+        keep_logits = self.scorer.needs_logits
         all_logits = None
         loss_sum = torch.zeros((), device=device)
         correct_sum = torch.zeros((), device=device)

@@ -9,7 +9,7 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import GridSearchCV, cross_validate
 from sklearn.utils.class_weight import compute_class_weight
 
-import resnetclf._estimator as estimator_module
+import resnetclf._base as estimator_module
 import resnetclf._tasks as tasks_module
 from conftest import small_classifier
 from resnetclf._checkpoint import load_state_dict_file

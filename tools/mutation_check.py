@@ -159,10 +159,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "stem-fold-1",
-        "resnetclf/_estimator.py",
+        "resnetclf/_base.py",
         (
             Edit(
-                "ResNetFineTuneClassifier._epoch_loop",
+                "ResNetFineTuneBase._epoch_loop",
                 "stem_fold = 3 if model.conv1.in_channels == 1 else 1",
                 "stem_fold = 1",
             ),
@@ -326,10 +326,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "warm-start-reinitialises",
-        "resnetclf/_estimator.py",
+        "resnetclf/_base.py",
         (
             Edit(
-                "ResNetFineTuneClassifier._initial_module",
+                "ResNetFineTuneBase._initial_module",
                 "return self.module_.to(plan.device)",
                 "return self.module_.to(plan.device).apply(\n"
                 "    lambda m: getattr(m, 'reset_parameters', lambda: None)()\n"
@@ -341,10 +341,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "warm-start-forgets-history",
-        "resnetclf/_estimator.py",
+        "resnetclf/_base.py",
         (
             Edit(
-                "ResNetFineTuneClassifier._epoch_loop",
+                "ResNetFineTuneBase._epoch_loop",
                 "history=list(self.history_) if warm else []",
                 "history=[]",
             ),
@@ -392,10 +392,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "warm-start-checked-after-work",
-        "resnetclf/_estimator.py",
+        "resnetclf/_base.py",
         (
             Edit(
-                "ResNetFineTuneClassifier._check_network",
+                "ResNetFineTuneBase._check_network",
                 "check_kept_network(self.module_, channels, self.head, data.classes)",
                 "pass",
             ),
@@ -405,10 +405,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "predict-moves-module",
-        "resnetclf/_estimator.py",
+        "resnetclf/_base.py",
         (
             Edit(
-                "ResNetFineTuneClassifier._outputs",
+                "ResNetFineTuneBase._outputs",
                 "module_on(self.module_, device)",
                 "self.module_.to(device)",
             ),
