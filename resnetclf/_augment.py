@@ -232,17 +232,20 @@ class PhotoAugmentation:
 def _coverage(grid: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``(N, 1, H, W)``: 1 where the grid samples inside the image, fading to 0
     half a pixel outside its edge."""
-    pixels_per_unit = grid.new_tensor([width / 2, height / 2])
-    beyond = (grid.abs() - 1) * pixels_per_unit
-    return (1 - 2 * beyond).clamp(0, 1).prod(dim=-1).unsqueeze(1)
+    # Python numbers rather than a small tensor: copying one to the GPU
+    # would wait on it.
+    beyond_x = (grid[..., 0].abs() - 1) * (width / 2)
+    beyond_y = (grid[..., 1].abs() - 1) * (height / 2)
+    coverage = (1 - 2 * beyond_x).clamp(0, 1) * (1 - 2 * beyond_y).clamp(0, 1)
+    return coverage.unsqueeze(1)
 
 
 def _gray(images: torch.Tensor) -> torch.Tensor:
     """Luma of an NCHW batch, ``(N, 1, H, W)``; a gray batch is its own."""
     if images.shape[1] == 1:
         return images
-    luma = torch.tensor(_LUMA, dtype=images.dtype, device=images.device)
-    return (images * luma.view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    red, green, blue = _LUMA
+    return red * images[:, 0:1] + green * images[:, 1:2] + blue * images[:, 2:3]
 
 
 def _blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor):

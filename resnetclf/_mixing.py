@@ -117,9 +117,10 @@ def mix_batch(
 
     # Alphas of 0 are drawn at 1 (any valid value): the draw is not used, and
     # the sequence drawn stays the same whichever method is on.
-    alphas = torch.tensor(
-        [mixup_alpha or 1.0, cutmix_alpha or 1.0], device=device, dtype=torch.float32
-    )
+    # Filled on the device: torch.tensor([...], device=...) would copy from
+    # the host and wait on the GPU.
+    alphas = torch.full((2,), mixup_alpha or 1.0, device=device)
+    alphas[1:].fill_(cutmix_alpha or 1.0)
     lam_mixup, lam_cutmix = _symmetric_beta(alphas, generator)
     choice, row, column = torch.rand(
         3, generator=generator, device=device, dtype=torch.float32

@@ -233,3 +233,18 @@ def test_photo_on_cuda_draws_from_a_cuda_generator():
     second = augment(images, torch.Generator(device).manual_seed(0))
     assert first.device.type == "cuda" and torch.equal(first, second)
     assert float(first.min()) >= 0 and float(first.max()) <= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_augmenting_does_not_wait_on_the_gpu():
+    device = torch.device("cuda")
+    images = torch.rand(4, 3, 12, 20, device=device)
+    generator = torch.Generator(device).manual_seed(0)
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        PhotoAugmentation(rotation_degrees=10.0)(images, generator)
+        RotationAugmentation(10.0)(images, generator)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)

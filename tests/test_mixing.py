@@ -184,3 +184,21 @@ def test_mixing_on_cuda_stays_on_the_device():
     mixed = mix_batch(images, 0.4, 1.0, torch.Generator(device).manual_seed(0))
     assert mixed.inputs.device.type == "cuda" and mixed.lam.device.type == "cuda"
     assert mixed.perm.device.type == "cuda"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_mixing_does_not_wait_on_the_gpu():
+    device = torch.device("cuda")
+    images = torch.rand(8, 3, 12, 12, device=device)
+    logits = torch.randn(8, 5, device=device)
+    targets = torch.randint(0, 5, (8,), device=device)
+    weights = torch.rand(8, device=device)
+    generator = torch.Generator(device).manual_seed(0)
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mixed = mix_batch(images, 0.4, 1.0, generator)
+        mixed_cross_entropy(logits, targets, mixed.perm, mixed.lam, weights, 0.1)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)

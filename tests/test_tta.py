@@ -105,7 +105,7 @@ def test_a_row_of_features_keeps_its_content_when_shifted():
     ],
 )
 def test_bad_settings_are_refused(kwargs, match):
-    arguments = dict(n_views=2, flips=False, **{})
+    arguments = dict(n_views=2, flips=False)
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=match):
         tta_views(_batch(), **arguments)
