@@ -166,6 +166,8 @@ class PhotoAugmentation:
         self, images: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         n, channels, height, width = images.shape
+        if n == 0:
+            return images  # affine_grid refuses an empty batch
         draws = torch.rand(
             (n, 9), generator=generator, device=images.device, dtype=torch.float32
         )

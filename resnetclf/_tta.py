@@ -170,6 +170,8 @@ def _after_flip(make: Callable[[torch.Tensor], torch.Tensor]):
 
 def _rotation(degrees: float) -> Callable[[torch.Tensor], torch.Tensor]:
     def rotated(batch: torch.Tensor) -> torch.Tensor:
+        if len(batch) == 0:
+            return batch  # affine_grid refuses an empty batch
         angles = torch.full((len(batch),), math.radians(degrees), device=batch.device)
         return rotate(batch, angles)
 

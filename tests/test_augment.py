@@ -65,6 +65,11 @@ def test_photo_keeps_shape_dtype_and_unit_range(channels):
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
+def test_photo_passes_an_empty_batch_through():
+    empty = torch.rand(0, 3, 8, 8)
+    assert PhotoAugmentation()(empty, _generator()).shape == (0, 3, 8, 8)
+
+
 def test_photo_is_deterministic_given_the_generator():
     images = _images()
     augment = PhotoAugmentation(rotation_degrees=10.0)

@@ -80,6 +80,11 @@ def test_each_image_has_the_views_it_has_alone():
             )
 
 
+def test_an_empty_batch_has_empty_views():
+    views = tta_views(torch.rand(0, 3, 8, 8), 14, flips=True)
+    assert all(view.shape == (0, 3, 8, 8) for view in views)
+
+
 def test_views_are_the_same_on_every_call():
     batch = _batch()
     first, second = tta_views(batch, 14, True), tta_views(batch, 14, True)
