@@ -218,7 +218,7 @@ def mixed_cross_entropy(
     CE(logits_i, y_perm[i])]``, with ``w`` all 1 when ``weights`` is None and
     ``CE`` the (label-smoothed) cross-entropy. Each of the two images brings
     its own sample weight, multiplied into its term as
-    ``_training.weighted_cross_entropy`` does (weights averaging 1 over the
+    the library's ``weighted_cross_entropy`` does (weights averaging 1 over the
     data set leave the scale of the loss as without them); with ``lam = 1``
     this is that function's loss. Cross-entropy is linear in the target, so
     this equals the cross-entropy with timm's mixed soft targets ``lam *

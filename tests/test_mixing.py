@@ -41,7 +41,7 @@ def test_lam_one_is_the_plain_loss(smoothing):
         mixed_cross_entropy(logits, targets, perm, 1.0, None, smoothing), plain
     )
     # Weighted: each term times its weight, averaged over the batch, as
-    # _training.weighted_cross_entropy does.
+    # the library's weighted_cross_entropy does.
     terms = F.cross_entropy(
         logits, targets, label_smoothing=smoothing, reduction="none"
     )
