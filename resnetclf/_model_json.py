@@ -395,6 +395,19 @@ def _shape_from_json(value) -> tuple:
     return shape
 
 
+def _size_from_json(value) -> tuple:
+    size = tuple(_count(v) for v in _expect(value, list, "input_size_"))
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError("input_size_ must be (height >= 1, width >= 1)")
+    return size
+
+
+def _degrees_from_json(value) -> float:
+    if type(value) not in (int, float) or not 0 <= value <= 180:
+        raise ValueError(f"expected degrees in [0, 180], got {str(value)[:40]!r}")
+    return float(value)
+
+
 def _stats_to_json(stats: tuple) -> list:
     return [[float(v) for v in part] for part in stats]
 
@@ -441,6 +454,10 @@ _FITTED = {
     "n_trainable_params_": (int, _count, True),
     "device_": (str, _device_from_json, True),
     "_multi_label": (bool, _flag_from_json, False),
+    # Absent from files saved before input_size and test-time views.
+    "input_size_": (list, _size_from_json, False),
+    "_tta_flips": (bool, _flag_from_json, False),
+    "_tta_degrees": (float, _degrees_from_json, False),
 }
 
 
