@@ -398,7 +398,9 @@ def test_bench_photos_quick(tmp_path, capsys):
     assert list(throughput) == list(bench.THROUGHPUT_VARIANTS)
     assert throughput["none"]["ratio_to_none"] == 1.0
     assert all(entry["images_per_second"] > 0 for entry in throughput.values())
-    assert result["epoch224"]["input_size"] == [224, 224]
+    for precision in ("auto", "fp32"):
+        assert result["epoch224"][precision]["input_size"] == [224, 224]
+        assert result["epoch224"][precision]["epoch_seconds"] > 0
     runs = result["accuracy"]["runs"]
     assert len(runs) == 10
     for run in runs.values():
