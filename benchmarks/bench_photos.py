@@ -19,12 +19,20 @@ Three parts, chosen with ``--parts``:
     photographs (``photo_standin.py``); ``input_size`` None vs 2x vs 4x, each
     augmentation, MixUp, CutMix, and test-time views, over several seeds:
     mean ± standard error of the test accuracy, the best-validation epoch
-    (20% of the training patches held out) and the fit's seconds.
+    (20% of the training patches held out). Every view of ``tta`` is
+    predicted once, and the first ``k`` averaged, as ``predict_proba`` with
+    ``tta=k`` does. The fits' seconds are in the JSON, not the table: on a
+    shared machine they say more about the load than about the settings.
 
-Example (about an hour on two shared CPU cores, most of it the 4x rows)::
+Examples (the first about a minute, the second 45 minutes on two busy CPU
+cores, most of it the 4x rows)::
 
-    python benchmarks/bench_photos.py --threads 2 \\
-        --json benchmarks/results/photos_patches_16px_3seeds.json
+    python benchmarks/bench_photos.py --parts throughput,epoch224 --threads 2 \\
+        --json benchmarks/results/photos_throughput_32px.json
+    python benchmarks/bench_photos.py --parts accuracy --threads 2 \\
+        --json benchmarks/results/photos_patches_16px_5seeds.json
+
+``--table FILE`` prints a saved run's tables.
 
 Needs the photographs of scikit-image (``pip install "resnetclf[photos]"``).
 """
@@ -32,6 +40,7 @@ Needs the photographs of scikit-image (``pip install "resnetclf[photos]"``).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -322,8 +331,8 @@ def accuracy_table(result: dict[str, Any], config: Config) -> str:
         f"error over {len(config.seeds)} seeds",
         "",
         "| initial weights, input size, augmentation | test accuracy "
-        "| `tta=2` | all test-time views (`tta`) | best epoch | fit seconds |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| `tta=2` | all test-time views (`tta`) | best epoch |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, run in result["runs"].items():
         seeds = run["seeds"]
@@ -332,8 +341,7 @@ def accuracy_table(result: dict[str, Any], config: Config) -> str:
             f"| {name} | {mean_se_text([s['test_accuracy'] for s in seeds])} | "
             f"{mean_se_text([s['tta_accuracy'][1] for s in seeds])} | "
             f"{mean_se_text([s['tta_accuracy'][-1] for s in seeds])} ({n_views}) | "
-            f"{statistics.fmean(s['best_epoch'] for s in seeds):.1f} | "
-            f"{statistics.fmean(s['fit_seconds'] for s in seeds):.0f} |"
+            f"{statistics.fmean(s['best_epoch'] for s in seeds):.1f} |"
         )
     return "\n".join(lines)
 
@@ -348,11 +356,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--table", type=Path, default=None, help="print a saved run's tables"
+    )
     return parser.parse_args(argv)
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    """The tables of a run, from its JSON."""
+    config = Config(**{**result["config"], "standin": PhotoStandinConfig()})
+    config = replace(config, seeds=tuple(result["config"]["seeds"]))
+    sections = []
+    if "throughput" in result:
+        sections.append(throughput_table(result["throughput"], config))
+    if "epoch224" in result:
+        sections.append(
+            "\n".join(
+                f"ResNet18 at 224x224, precision={precision!r} "
+                f"({entry['autocast']}): one epoch of {entry['n_images']} "
+                f"images in {entry['epoch_seconds']:.1f} s "
+                f"({entry['seconds_per_image']:.3f} s per image)"
+                for precision, entry in result["epoch224"].items()
+            )
+        )
+    if "accuracy" in result:
+        sections.append(accuracy_table(result["accuracy"], config))
+    print("\n\n".join(sections))
 
 
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.table is not None:
+        result = json.loads(args.table.read_text())
+        print_tables(result)
+        return result
     parts = [part for part in args.parts.split(",") if part]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
@@ -372,21 +409,12 @@ def main(argv=None) -> dict[str, Any]:
     with torch_threads(config.threads):
         if "throughput" in parts:
             result["throughput"] = throughput(config)
-            print(throughput_table(result["throughput"], config), end="\n\n")
         if "epoch224" in parts:
             result["epoch224"] = epoch224(config)
-            for precision, entry in result["epoch224"].items():
-                print(
-                    f"ResNet18 at 224x224, precision={precision!r} "
-                    f"({entry['autocast']}): one epoch of {entry['n_images']} "
-                    f"images in {entry['epoch_seconds']:.1f} s "
-                    f"({entry['seconds_per_image']:.3f} s per image)"
-                )
-            print()
         if "accuracy" in parts:
             result["accuracy"] = accuracy(config, args.cache_dir)
-            print(accuracy_table(result["accuracy"], config))
     result["total_seconds"] = time.perf_counter() - start
+    print_tables(json.loads(json.dumps(result, default=str)))
     write_json(args.json, result)
     return result
 

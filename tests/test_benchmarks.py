@@ -413,7 +413,9 @@ def test_bench_photos_quick(tmp_path, capsys):
     assert result["accuracy"]["standin"]["seconds"] > 0
     assert len(list(cache.glob("photo-standin-*.safetensors"))) == 1
     table = capsys.readouterr().out
-    assert "| stand-in, 2x (16 px), photo + CutMix 1 |" in table
+    assert "| stand-in, 4x (32 px), photo + CutMix 1 |" in table
+    assert bench.main(["--table", str(out)]) == result
+    assert capsys.readouterr().out == table
 
 
 def test_step_bound_takes_fits_optimizer_and_reference_the_reports():
