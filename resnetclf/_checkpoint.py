@@ -1,12 +1,10 @@
 """State-dict files: atomic writes and safe reads, as safetensors or torch files.
 
-A path ending in ``.safetensors`` gets the safetensors format (a JSON header
-and raw bytes, no pickle: reading it runs no code on any torch); other paths
-get ``torch.save``'s, which plain torchvision scripts load. Reading goes by the
-file's first bytes, not its name: safetensors through the ``safetensors``
-package, which checks the header against the file before allocating anything;
-torch files through ``torch.load(weights_only=True)``, only on a torch without
-that unpickler's published flaws.
+A ``.safetensors`` path gets that format (a JSON header and raw bytes: reading
+it runs no code); other paths get ``torch.save``'s, which plain torchvision
+scripts load. Reading goes by the file's first bytes: safetensors through the
+``safetensors`` package, which checks the header before allocating anything;
+torch files through ``torch.load(weights_only=True)`` on a patched torch only.
 """
 
 from __future__ import annotations
@@ -61,13 +59,10 @@ def write_atomic(path, content: bytes | Callable[[BinaryIO], object]) -> Path:
     """Write ``content`` (bytes, or a function writing to a binary file) to
     ``path`` so that readers never see a partial file.
 
-    The bytes go to a new, uniquely named temporary file in the destination
-    folder, which is flushed to disk and then renamed over ``path``; the folder
-    is flushed too, so the rename itself survives a power loss. A rename within
-    one file system is atomic, so a process killed mid-save leaves the previous
-    file intact, and parallel writers to the same path never interleave their
-    bytes. The file gets the mode a plain ``open()`` would give it (0666 less
-    the umask), without reading or changing the process-wide umask.
+    The bytes go to a new temporary file next to ``path``, flushed to disk,
+    then renamed over it (atomic: a kill mid-save leaves the previous file,
+    parallel writers never interleave), and the folder is flushed so that the
+    rename survives a power loss. The mode is what ``open()`` would give.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,9 +87,8 @@ def write_atomic(path, content: bytes | Callable[[BinaryIO], object]) -> Path:
 def safetensors_bytes(
     state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> bytes:
-    """``state_dict`` as the bytes of a safetensors file, with ``metadata``
-    (strings to strings) in its header."""
-    # safetensors stores each tensor's bytes in row-major order.
+    """``state_dict`` as a safetensors file's bytes, ``metadata`` (strings to
+    strings) in its header; each tensor's bytes row-major."""
     tensors = {key: value.contiguous() for key, value in state_dict.items()}
     return safetensors.torch.save(
         tensors, metadata={"format": "pt", **(metadata or {})}
@@ -102,11 +96,8 @@ def safetensors_bytes(
 
 
 def _create_temporary_file(path: Path) -> tuple[Path, int]:
-    """A new file next to ``path``, open for writing, that no one else has.
-
-    Created with 0666 (``tempfile.mkstemp`` makes it 0600), so that the kernel
-    applies the umask as it does for ``open()``.
-    """
+    """A new file next to ``path``, open for writing, that no one else has:
+    0666 (not ``mkstemp``'s 0600), which the kernel masks as for ``open()``."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
         tmp_path = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
@@ -118,11 +109,8 @@ def _create_temporary_file(path: Path) -> tuple[Path, int]:
 
 
 def _fsync_folder(folder: Path) -> None:
-    """Flush a folder's entries, so that a rename into it is on disk.
-
-    POSIX only: Windows cannot open a folder as a file, and NTFS journals the
-    rename itself. File systems that cannot sync a folder (EINVAL) are skipped.
-    """
+    """Flush a folder's entries, so that a rename into it is on disk (POSIX:
+    NTFS journals renames; file systems that cannot sync a folder skip it)."""
     if os.name != "posix":
         return
     fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -137,16 +125,11 @@ def _fsync_folder(folder: Path) -> None:
 
 # ------------------------------------------------------------------ reading
 def load_state_dict_file(path) -> dict[str, torch.Tensor]:
-    """Read a state dict from a safetensors file or a torch file.
+    """A state dict from a safetensors or torch file, told by its first bytes.
 
-    The file's first bytes decide, whatever its name: a safetensors file is
-    read by :func:`read_safetensors`, anything else by
-    ``torch.load(..., weights_only=True)``, refused on a torch older than
-    2.10 (its weights-only unpickler could run code or corrupt memory).
-    FileNotFoundError if ``path`` does not exist; ValueError, naming it, for a
-    file in neither format, truncated, a pickle of anything but tensors and
-    plain containers (refused without running it), or a torch file on an
-    older torch.
+    FileNotFoundError if ``path`` does not exist; ValueError naming it for a
+    file in neither format or truncated, a pickle of anything but tensors and
+    plain containers (refused unrun), or a torch file on a torch before 2.10.
     """
     path = Path(path)
     if not path.is_file():
@@ -161,13 +144,12 @@ def load_state_dict_file(path) -> dict[str, torch.Tensor]:
 
 
 def read_safetensors(data: bytes, path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors and the metadata (strings to strings) of a safetensors
-    file's bytes; a ValueError naming ``path`` for any other bytes.
+    """The tensors and the metadata of a safetensors file's bytes; a
+    ValueError naming ``path`` for other bytes.
 
-    ``safetensors`` checks the header before it allocates anything: its
-    length against the file and its 100 MB bound, strict JSON of its schema
-    (known dtypes, shapes of counts, string metadata), offsets that tile the
-    data exactly. The metadata is read from a header that passed those checks.
+    ``safetensors`` checks the header before it allocates anything (length,
+    strict JSON of its schema, metadata of strings, offsets that tile the
+    data); the metadata is read only from a header that passed.
     """
     try:
         tensors = safetensors.torch.load(data)

@@ -1,22 +1,16 @@
 """A fitted estimator as one safetensors file that runs no code when loaded.
 
 ``save_model`` writes ``model.safetensors`` into a folder: the network's
-tensors in torchvision's layout and, in the file's own metadata (its header's
-``__metadata__``, strings to strings), the parameters and fitted attributes
-as JSON under the key ``"resnetclf"`` (see ``resnetclf._model_json``).
+tensors in torchvision's layout and, in the file's own metadata (strings to
+strings), the parameters and fitted attributes as JSON under ``"resnetclf"``.
 
-The settings live in the metadata, not in a JSON file beside the tensors,
-because then one file is the whole model: settings and tensors cannot be
-separated, half replaced or paired with another model's, so no hash has to
-bind two files, and one atomic write saves it. safetensors checks the whole
-header, metadata included, before anything is read (bounded in size, strict
-JSON, strings only), and every other reader (torchvision through
-``safetensors.torch.load_file``, ``weights=``, other tools) ignores the
-metadata and sees a plain state dict. The cost: the settings are not a text
-file to open in an editor; ``safetensors.safe_open(path, "pt").metadata()``
-shows them.
-
-Loading never unpickles: no ``torch.load``, no ``pickle``.
+Why the metadata rather than a JSON file beside the tensors: one file is the
+whole model, so settings and tensors cannot be separated, half replaced or
+paired with another model's; no hash has to bind two files and one atomic
+write saves it. safetensors checks the whole header, metadata included,
+before anything is read, and every other reader (torchvision, ``weights=``)
+ignores the metadata and sees a plain state dict. The cost: the settings are
+not a text file; ``safetensors.safe_open(path, "pt").metadata()`` shows them.
 """
 
 from __future__ import annotations
@@ -42,7 +36,6 @@ __all__ = ["METADATA_KEY", "WEIGHTS_FILE", "load_model", "save_model"]
 
 WEIGHTS_FILE = "model.safetensors"
 METADATA_KEY = "resnetclf"
-_DOCUMENT_KEYS = {"estimator", "versions", "params", "fitted"}
 _PICKLE_HINT = (
     "keep this estimator with pickle or joblib instead (they store any object, "
     "but run code when loading: load only files you trust)"
@@ -70,18 +63,16 @@ def _records(history) -> bool:
     )
 
 
-# What predict, score and a warm start read (_set_fitted and the input checks
-# set them), each with what its value must be.
+# What predict, score and a warm start read (set by _set_fitted and the input
+# checks), each with what its value must be.
 _FITTED = {
     "classes_": lambda v: isinstance(v, np.ndarray) and len(set(v)) == len(v) > 1,
     "n_features_in_": _count,
     "feature_names_in_": lambda v: isinstance(v, np.ndarray),
-    "image_shape_": lambda v: (
-        _tuple(v, 3, lambda d: _count(d) and d > 0) and v[2] in (1, 3)
-    ),
+    "image_shape_": lambda v: _tuple(v, 3, lambda d: _count(d) and d > 0),
     "_model_channels": lambda v: type(v) is int and v in (1, 3),
     "_normalization_stats": lambda v: (
-        _tuple(v, 2, lambda s: _tuple(s, 3, _finite)) and min(v[1]) > 0
+        _tuple(v, 2, lambda p: _tuple(p, 3, _finite)) and min(v[1]) > 0
     ),
     "history_": _records,
     "n_iter_": _count,
@@ -93,33 +84,28 @@ _FITTED = {
 _OPTIONAL = {"feature_names_in_"}
 
 
-# ------------------------------------------------------------------- saving
 def save_model(estimator: ResNetFineTuneClassifier, path: str | os.PathLike) -> Path:
     """Save a fitted estimator to a folder that loads without running code.
 
     The folder gets one file, ``model.safetensors``: the network's tensors in
-    torchvision's layout (``torchvision.models.<arch>(num_classes=n_classes)``
-    loads them as they are; a grayscale stem is spread over three channels)
-    and, in the file's metadata, the parameters and the fitted attributes
-    (``classes_`` with their dtype, ``image_shape_``, ``n_features_in_``,
-    ``feature_names_in_``, ``history_``, ``best_epoch_``, ``best_score_``,
-    ``n_iter_``, ``n_trainable_params_``, ``device_``, the normalisation
-    statistics and the network's input channels) as JSON, with the library,
-    scikit-learn, torch and torchvision versions. Other attributes set on the
-    estimator are not kept.
+    torchvision's layout (``torchvision.models.<arch>(num_classes=n)`` loads
+    them as they are; a grayscale stem is spread over three channels) and, in
+    its metadata, the parameters, the fitted attributes prediction and a warm
+    start read (``classes_`` with their dtype, ``history_``, ...) and the
+    versions that wrote it, as JSON. Other attributes are not kept.
 
-    Unlike pickle, which can store any estimator, this format holds only
-    plain values. An estimator with a parameter it cannot store exactly (a
-    function as ``arch``, ``head`` or ``scoring``, a non-finite number, ...)
-    is refused with a ValueError before anything is written.
+    Unlike pickle, this format holds only plain values and a few named types:
+    an estimator with a parameter it cannot store exactly (a function as
+    ``arch``, ``head`` or ``scoring``, a non-finite number, ...) is refused
+    before anything is written.
 
     Parameters
     ----------
     estimator : ResNetFineTuneClassifier
         A fitted estimator.
     path : str or path
-        The folder to write (created if needed; ``model.safetensors`` in it
-        is replaced atomically).
+        The folder (created if needed; its ``model.safetensors`` is replaced
+        atomically).
 
     Returns
     -------
@@ -133,29 +119,11 @@ def save_model(estimator: ResNetFineTuneClassifier, path: str | os.PathLike) -> 
     sklearn.exceptions.NotFittedError
         If it is not fitted.
     ValueError
-        If a parameter or attribute has no form in the file, or ``path`` is
-        a file.
+        If a value has no form in the file, or ``path`` is a file.
 
     See Also
     --------
-    load_model : read the folder back.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from resnetclf import ResNetFineTuneClassifier, load_model, save_model
-    >>> rng = np.random.RandomState(0)
-    >>> X = rng.randint(0, 256, size=(16, 12, 12), dtype=np.uint8)
-    >>> y = np.arange(16) % 2
-    >>> clf = ResNetFineTuneClassifier(arch="resnet18", weights=None, max_iter=1,
-    ...                                batch_size=8, random_state=0).fit(X, y)
-    >>> import tempfile, os
-    >>> folder = save_model(clf, os.path.join(tempfile.mkdtemp(), "model"))
-    >>> sorted(p.name for p in folder.iterdir())
-    ['model.safetensors']
-    >>> bool(np.array_equal(load_model(folder).predict_proba(X),
-    ...                     clf.predict_proba(X)))
-    True
+    load_model : read it back.
     """
     if not isinstance(estimator, ResNetFineTuneClassifier):
         raise TypeError(
@@ -166,22 +134,12 @@ def save_model(estimator: ResNetFineTuneClassifier, path: str | os.PathLike) -> 
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"path must be a folder; '{folder}' is a file")
-    # Everything is encoded first, so a refusal leaves nothing written.
-    settings = json.dumps(_describe(estimator), allow_nan=False)
-    tensors = to_torchvision_layout(estimator.module_)
-    write_atomic(
-        folder / WEIGHTS_FILE, safetensors_bytes(tensors, {METADATA_KEY: settings})
-    )
-    return folder
-
-
-def _describe(estimator: ResNetFineTuneClassifier) -> dict:
-    missing = [n for n in _FITTED if n not in vars(estimator) and n not in _OPTIONAL]
+    attributes = vars(estimator)
+    missing = [n for n in _FITTED if n not in attributes and n not in _OPTIONAL]
     if missing:
         raise ValueError(f"cannot save: the fitted estimator lacks {missing}")
-    params = estimator.get_params(deep=False)
-    return {
-        "estimator": type(estimator).__name__,
+    # Everything is encoded first, so a refusal leaves nothing written.
+    settings = {
         "versions": {
             "resnetclf": __version__,
             "scikit-learn": sklearn.__version__,
@@ -190,14 +148,18 @@ def _describe(estimator: ResNetFineTuneClassifier) -> dict:
         },
         "params": {
             name: _encoded(value, PARAM_TAGS, f"parameter {name!r}")
-            for name, value in params.items()
+            for name, value in estimator.get_params(deep=False).items()
         },
         "fitted": {
-            name: _encoded(vars(estimator)[name], FITTED_TAGS, f"attribute {name!r}")
+            name: _encoded(attributes[name], FITTED_TAGS, f"attribute {name!r}")
             for name in _FITTED
-            if name in vars(estimator)
+            if name in attributes
         },
     }
+    metadata = {METADATA_KEY: json.dumps(settings, allow_nan=False)}
+    tensors = to_torchvision_layout(estimator.module_)
+    write_atomic(folder / WEIGHTS_FILE, safetensors_bytes(tensors, metadata))
+    return folder
 
 
 def _encoded(value, tags: frozenset, where: str):
@@ -207,45 +169,40 @@ def _encoded(value, tags: frozenset, where: str):
         raise ValueError(f"cannot save {where}: {exc}; {_PICKLE_HINT}") from exc
 
 
-# ------------------------------------------------------------------ loading
 def load_model(path: str | os.PathLike) -> ResNetFineTuneClassifier:
     """Load an estimator saved by :func:`save_model`, without running code.
 
-    ``model.safetensors`` is read by safetensors, which checks its header
-    against its size before allocating anything; its metadata is parsed as
-    strict JSON and decoded into plain values and the few types the format
-    names (nothing else is built); the parameters go through the estimator's
-    own validation; the fitted attributes must be of their types and agree
-    with each other and with the tensors, which must be exactly those of the
-    network for ``arch``, ``head`` and ``classes_``. Nothing is unpickled
-    (neither ``torch.load`` nor ``pickle`` runs) and nothing is downloaded,
-    so the loaded estimator predicts exactly as the saved one did.
+    safetensors reads the file, checking its header before it allocates
+    anything; the settings in its metadata are strict JSON, decoded into plain
+    values and the format's few named types only; the parameters pass the
+    estimator's own validation; the fitted attributes must agree with each
+    other and with the tensors, which must be exactly the network's for
+    ``arch``, ``head`` and ``classes_``. Nothing is unpickled or downloaded,
+    and the estimator predicts exactly as the saved one did.
 
     Parameters
     ----------
     path : str or path
-        The folder written by :func:`save_model`, or the
-        ``model.safetensors`` in it.
+        The folder written by :func:`save_model`, or its ``model.safetensors``.
 
     Returns
     -------
     estimator : ResNetFineTuneClassifier
-        Fitted, with the saved parameters and attributes; the network is on
-        the CPU and moves to ``device`` when predicting.
+        Fitted; the network is on the CPU and moves to ``device`` to predict.
 
     Raises
     ------
     FileNotFoundError
         If the folder or its ``model.safetensors`` is missing.
     ValueError
-        If the file is not what ``save_model`` writes: not a valid
-        safetensors file, a plain state dict without the settings, settings
-        that are not strict JSON or hold unknown keys, types or values, or
-        tensors that do not fit the settings. The message names the file.
+        Naming the file, if it is not what ``save_model`` writes: not
+        safetensors, a state dict without settings, settings that are not
+        strict JSON or hold unknown keys, types or values, or tensors that do
+        not fit them.
 
     See Also
     --------
-    save_model : write the folder.
+    save_model : write it.
     """
     file = Path(path) / WEIGHTS_FILE if Path(path).is_dir() else Path(path)
     if not file.is_file():
@@ -277,76 +234,65 @@ def load_model(path: str | os.PathLike) -> ResNetFineTuneClassifier:
     return estimator
 
 
-def _decode(document) -> tuple[ResNetFineTuneClassifier, dict]:
-    """The estimator with the saved parameters, validated, and the fitted
-    attributes, decoded."""
-    if type(document) is not dict or set(document) != _DOCUMENT_KEYS:
-        raise ValueError(f"the settings must be an object of {sorted(_DOCUMENT_KEYS)}")
-    if document["estimator"] != ResNetFineTuneClassifier.__name__:
-        raise ValueError(
-            f"it holds a {str(document['estimator'])[:40]!r}, not a "
-            f"{ResNetFineTuneClassifier.__name__}"
-        )
+def _decode(settings) -> tuple[ResNetFineTuneClassifier, dict]:
+    """The estimator of the saved parameters, validated, and the fitted
+    attributes."""
+    if type(settings) is not dict or set(settings) != {"versions", "params", "fitted"}:
+        raise ValueError("the settings must be an object of versions, params, fitted")
     names = set(ResNetFineTuneClassifier().get_params(deep=False))
-    params = _named(document["params"], names, set(), "parameters")
-    fitted = _named(document["fitted"], set(_FITTED), _OPTIONAL, "fitted attributes")
-    estimator = ResNetFineTuneClassifier(
-        **{name: from_json(value, PARAM_TAGS) for name, value in params.items()}
-    )
+    for what, known, optional in [
+        ("params", names, set()),
+        ("fitted", set(_FITTED), _OPTIONAL),
+    ]:
+        given = settings[what]
+        if type(given) is not dict:
+            raise ValueError(f"{what} must be a JSON object")
+        unknown, missing = set(given) - known, known - optional - set(given)
+        if unknown or missing:
+            raise ValueError(
+                f"{what}: unknown {sorted(unknown)[:5]}, missing {sorted(missing)[:5]}"
+            )
+    params = {k: from_json(v, PARAM_TAGS) for k, v in settings["params"].items()}
+    estimator = ResNetFineTuneClassifier(**params)
     # The estimator's own checks, as fit makes them; arch must name a builder.
     estimator._validate_params()
     check_arch(estimator.arch)
     return estimator, {
-        name: from_json(value, FITTED_TAGS) for name, value in fitted.items()
+        k: from_json(v, FITTED_TAGS) for k, v in settings["fitted"].items()
     }
-
-
-def _named(mapping, names: set, optional: set, what: str) -> dict:
-    if type(mapping) is not dict:
-        raise ValueError(f"{what} must be a JSON object")
-    unknown = sorted(set(mapping) - names)
-    missing = sorted(names - optional - set(mapping))
-    if unknown or missing:
-        raise ValueError(f"{what} unknown {unknown[:5]}, missing {missing[:5]}")
-    return mapping
 
 
 def _check_fitted(
     estimator: ResNetFineTuneClassifier, fitted: dict, state_dict: dict
 ) -> None:
-    """The fitted attributes must be of their types and agree with each other
-    and with the tensors: the one place where a loaded model is checked whole."""
+    """The one place a loaded model is checked whole: the fitted attributes
+    against their types, each other and the tensors."""
     wrong = [name for name, value in fitted.items() if not _FITTED[name](value)]
     if wrong:
         raise ValueError(f"fitted attributes of the wrong type or value: {wrong}")
-    shape, n_features = fitted["image_shape_"], fitted["n_features_in_"]
-    names = fitted.get("feature_names_in_")
-    if n_features != math.prod(shape) or (
-        names is not None and len(names) != n_features
+    shape, names = fitted["image_shape_"], fitted.get("feature_names_in_")
+    if fitted["n_features_in_"] != math.prod(shape) or (
+        names is not None and len(names) != math.prod(shape)
     ):
-        raise ValueError(
-            "n_features_in_ disagrees with image_shape_ or feature_names_in_"
-        )
-    if shape[2] == 3 and fitted["_model_channels"] != 3:
-        raise ValueError("_model_channels must be 3 for RGB images")
-    # The tensors must be exactly the network's that arch, head and classes
-    # build: the head's for these classes, conv1 for RGB (torchvision's layout).
+        raise ValueError("n_features_in_ disagrees with image_shape_ or feature names")
+    if shape[2] not in (1, fitted["_model_channels"]):
+        raise ValueError("image_shape_'s channels disagree with _model_channels")
+    # Exactly the tensors arch, head and classes build: the head's outputs for
+    # these classes, conv1 for RGB (torchvision's layout).
     classes = fitted["classes_"]
     with torch.device("meta"):
         expected = build_resnet(
             estimator.arch, None, len(classes), 3, head=estimator.head, classes=classes
         ).state_dict()
+    got, want = ({k: f"{tuple(t.shape)} {t.dtype}" for k, t in d.items()}
+                 for d in (state_dict, expected))  # fmt: skip
     wrong = [
-        f"{key} {_spec(state_dict.get(key))} (expected {_spec(expected.get(key))})"
-        for key in sorted(expected.keys() | state_dict.keys())
-        if _spec(state_dict.get(key)) != _spec(expected.get(key))
+        f"{k} {got.get(k, 'absent')} (expected {want.get(k, 'absent')})"
+        for k in sorted(got.keys() | want.keys())
+        if got.get(k) != want.get(k)
     ]
     if wrong:
         raise ValueError(
             f"its tensors do not fit arch={estimator.arch!r} with {len(classes)} "
             f"classes: {len(wrong)} differ, {', '.join(wrong[:3])}"
         )
-
-
-def _spec(tensor: torch.Tensor | None) -> str:
-    return "absent" if tensor is None else f"{tuple(tensor.shape)} {tensor.dtype}"
