@@ -88,24 +88,19 @@ def save_model(estimator: ResNetFineTuneClassifier, path: str | os.PathLike) -> 
     """Save a fitted estimator to a folder that loads without running code.
 
     The folder gets one file, ``model.safetensors``: the network's tensors in
-    torchvision's layout (``torchvision.models.<arch>(num_classes=n)`` loads
-    them as they are; a grayscale stem is spread over three channels) and, in
-    its metadata, the parameters, the fitted attributes prediction and a warm
-    start read (``classes_`` with their dtype, ``history_``, ...) and the
-    versions that wrote it, as JSON. Other attributes are not kept.
-
-    Unlike pickle, this format holds only plain values and a few named types:
-    an estimator with a parameter it cannot store exactly (a function as
-    ``arch``, ``head`` or ``scoring``, a non-finite number, ...) is refused
-    before anything is written.
+    torchvision's layout (a grayscale stem spread over three channels) and, in
+    its metadata, the parameters, the fitted attributes (``classes_`` with
+    their dtype, ``history_``, ...) and the versions, as JSON. A value with
+    no exact form there (a function as ``arch``, ``head`` or ``scoring``, a
+    non-finite number, ...) is refused before anything is written: pickle
+    keeps such an estimator.
 
     Parameters
     ----------
     estimator : ResNetFineTuneClassifier
         A fitted estimator.
     path : str or path
-        The folder (created if needed; its ``model.safetensors`` is replaced
-        atomically).
+        The folder (created if needed; its file is replaced atomically).
 
     Returns
     -------
@@ -120,10 +115,6 @@ def save_model(estimator: ResNetFineTuneClassifier, path: str | os.PathLike) -> 
         If it is not fitted.
     ValueError
         If a value has no form in the file, or ``path`` is a file.
-
-    See Also
-    --------
-    load_model : read it back.
     """
     if not isinstance(estimator, ResNetFineTuneClassifier):
         raise TypeError(
@@ -172,13 +163,11 @@ def _encoded(value, tags: frozenset, where: str):
 def load_model(path: str | os.PathLike) -> ResNetFineTuneClassifier:
     """Load an estimator saved by :func:`save_model`, without running code.
 
-    safetensors reads the file, checking its header before it allocates
-    anything; the settings in its metadata are strict JSON, decoded into plain
-    values and the format's few named types only; the parameters pass the
-    estimator's own validation; the fitted attributes must agree with each
-    other and with the tensors, which must be exactly the network's for
-    ``arch``, ``head`` and ``classes_``. Nothing is unpickled or downloaded,
-    and the estimator predicts exactly as the saved one did.
+    Nothing is unpickled or downloaded: safetensors checks the file's header
+    before allocating anything, the settings are strict JSON decoded into
+    plain values and the format's few types, the parameters pass the
+    estimator's own validation, and the fitted attributes must agree with
+    each other and with the tensors. It predicts as the saved one did.
 
     Parameters
     ----------
@@ -195,14 +184,7 @@ def load_model(path: str | os.PathLike) -> ResNetFineTuneClassifier:
     FileNotFoundError
         If the folder or its ``model.safetensors`` is missing.
     ValueError
-        Naming the file, if it is not what ``save_model`` writes: not
-        safetensors, a state dict without settings, settings that are not
-        strict JSON or hold unknown keys, types or values, or tensors that do
-        not fit them.
-
-    See Also
-    --------
-    save_model : write it.
+        Naming the file, for anything ``save_model`` does not write.
     """
     file = Path(path) / WEIGHTS_FILE if Path(path).is_dir() else Path(path)
     if not file.is_file():
