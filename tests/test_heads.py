@@ -234,7 +234,7 @@ def test_saved_and_loaded_with_its_head(fitted_digit_sum, two_digit_sums, tmp_pa
 def test_a_model_file_naming_an_unknown_head_is_refused(fitted_digit_sum, tmp_path):
     folder = save_model(fitted_digit_sum, tmp_path / "model")
     document = model_settings(folder)
-    document["params"]["head"] = {"head": ["os.system", {"n_digits": 2}]}
+    document["params"]["head"] = {"head": ["os.system", {"dict": [["n_digits", 2]]}]}
     rewrite_model(folder, document)
     with pytest.raises(ValueError, match="unknown head"):
         load_model(tmp_path / "model")
