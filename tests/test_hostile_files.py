@@ -518,6 +518,28 @@ def test_paths_in_parameters_are_never_opened(
     assert loaded.get_params()["weights"] == marker  # kept as a value, not read
 
 
+@pytest.mark.parametrize(
+    "state",
+    [
+        ["MT19937", [0] * 624, -5, 0, 0.0],
+        ["MT19937", [0] * 624, 625, 0, 0.0],
+        ["MT19937", [2**32] + [0] * 623, 0, 0, 0.0],
+        ["MT19937", [0] * 623, 0, 0, 0.0],
+        ["PCG64", [0] * 624, 0, 0, 0.0],
+        ["MT19937", [0] * 624, 0, 2, 0.0],
+    ],
+    ids=["negative-pos", "pos-past-keys", "key-33-bits", "623-keys", "pcg", "gauss"],
+)
+def test_a_lying_random_state_is_refused(tmp_path, saved_folder, saved_tensors, state):
+    """numpy checks little of a state: a position outside the keys would read
+    outside them."""
+    document = _document(saved_folder)
+    document["params"]["random_state"] = {"random_state": state}
+    text = json.dumps(document)
+    folder = _folder_with(tmp_path, saved_folder, text=text, tensors=saved_tensors)
+    _load_refused(folder, "RandomState|MT19937")
+
+
 def test_a_state_dict_swapped_in_for_the_model_is_refused(
     tmp_path, saved_folder, resnet18_tensors
 ):
