@@ -16,7 +16,7 @@ from unittest import mock
 import numpy as np
 import torch
 
-import resnetclf._estimator as estimator_module
+import resnetclf._base as estimator_module
 from resnetclf import ResNetFineTuneClassifier
 
 

@@ -25,10 +25,14 @@ __all__ = [
     "WeightsUnavailableError",
     "attach_head",
     "build_resnet",
+    "check_arch",
     "feature_map",
+    "head_fits",
     "layer4_channels",
     "make_head",
-    "check_arch",
+    "read_digits",
+    "reads_digits",
+    "rebuilt_network",
     "resolve_weights",
     "spread_over_rgb",
     "to_torchvision_layout",
@@ -262,6 +266,44 @@ def make_head(head, feature_channels: int, classes) -> nn.Module:
             "head(feature_channels, classes) must return a torch.nn.Module"
         )
     return module
+
+
+def head_fits(model: nn.Module, head, classes) -> bool:
+    """Whether ``model``'s head is the module ``head`` asks for ``classes``
+    (the same tensors of the same shapes), built on the meta device."""
+    with torch.device("meta"):
+        wanted = make_head(head, layer4_channels(model), classes).state_dict()
+    kept = model.fc.state_dict()
+    return {k: v.shape for k, v in wanted.items()} == {
+        k: v.shape for k, v in kept.items()
+    }
+
+
+def reads_digits(model: nn.Module) -> bool:
+    """Whether ``model``'s head reads digits (``read_digits``)."""
+    return hasattr(model.fc, "read_digits")
+
+
+def read_digits(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The digits ``model``'s head reads in ``inputs``, as floats."""
+    return model.fc.read_digits(feature_map(model, inputs))
+
+
+def rebuilt_network(
+    arch: Arch, head, classes, state_dict: dict[str, torch.Tensor]
+) -> nn.Module:
+    """A fitted network back from its ``state_dict`` (unpickling, loading a
+    saved model): built on the meta device and given the tensors as they
+    are, with a head other than ``"linear"`` built for real (its buffers,
+    not in the state dict, must be)."""
+    in_channels = state_dict["conv1.weight"].shape[1]
+    with torch.device("meta"):
+        model = build_resnet(arch, None, len(classes), in_channels)
+    spec = resolve_head(head)
+    if spec is not None:
+        attach_head(model, spec, classes)
+    model.load_state_dict(state_dict, assign=True)
+    return model.to(memory_format=torch.channels_last).eval()
 
 
 def layer4_channels(model: nn.Module) -> int:

@@ -1,96 +1,33 @@
-"""The scikit-learn estimator that fine-tunes a torchvision ResNet."""
+"""The scikit-learn classifier that fine-tunes a torchvision ResNet."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils import check_random_state
+from sklearn.base import ClassifierMixin
 from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import (
-    check_array,
-    check_consistent_length,
-    check_is_fitted,
-    column_or_1d,
-    validate_data,
-)
 from torch import nn
-from torchvision.models import WeightsEnum
 
-from resnetclf._acceleration.bn_folding import folded_for_inference, worth_folding
-from resnetclf._acceleration.compile import COMPILE_MODES, compiled_forward
-from resnetclf._acceleration.conv_weight_grad import gemm_weight_grads
-from resnetclf._acceleration.cuda_graphs import cuda_graphed
-from resnetclf._acceleration.devices import (
-    amp_dtype_for,
-    cudnn_autotuned,
-    resolve_device,
+from resnetclf._backbone import read_digits, reads_digits
+from resnetclf._base import ResNetFineTuneBase
+from resnetclf._fit_setup import FitData
+from resnetclf._sample_weights import per_class_weights
+from resnetclf._tasks import (
+    MultiLabelClassification,
+    SingleLabelClassification,
+    Task,
 )
-from resnetclf._backbone import (
-    attach_head,
-    build_resnet,
-    feature_map,
-    resolve_weights,
-)
-from resnetclf._fit_setup import (
-    FitData,
-    FitParams,
-    FitSetup,
-    check_before_data,
-    check_kept_network,
-    check_new_network,
-    check_writable,
-    restored_on_error,
-    torch_seeded,
-    training_parts,
-)
-from resnetclf._images import (
-    ImageBatches,
-    ImageLayout,
-    array_ndim,
-    infer_layout,
-    model_input_channels,
-)
-from resnetclf._lora import add_lora_adapters, merge_lora_adapters
-from resnetclf._param_groups import (
-    OPTIMIZERS,
-    StageParamGroups,
-    freeze_stages,
-    make_optimizer,
-    trainable_stages,
-    training_phases,
-)
-from resnetclf._progress import ProgressReporter
-from resnetclf._sample_weights import (
-    check_every_class_weighted,
-    combined_sample_weight,
-    normalised_or_none,
-    per_class_weights,
-)
-from resnetclf._schedules import SCHEDULES, EpochSchedule
-from resnetclf._scoring import EpochScorer
-from resnetclf._training import (
-    BestWeights,
-    EpochLoop,
-    LoopSettings,
-    batch_slices,
-    module_on,
-    predict_logits,
-    weight_average,
-)
-from resnetclf.heads import HEAD_NAMES, DigitSumHead, resolve_head
+from resnetclf.heads import DigitSumHead
 
 __all__ = ["ResNetFineTuneClassifier"]
 
 
-class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
+class ResNetFineTuneClassifier(ClassifierMixin, ResNetFineTuneBase):
     """Fine-tune a pretrained torchvision ResNet on numpy image arrays.
 
     The estimator follows the recipe of the merged-digits report: a pretrained
@@ -329,42 +266,9 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "arch": [str, callable],  # checked in check_arch
-        # A name or a file is checked against arch in resolve_weights.
-        "weights": [str, os.PathLike, WeightsEnum, None],
-        "head": [StrOptions(set(HEAD_NAMES)), callable],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "layer_lr_decay": [
-            StrOptions({"auto"}),
-            Interval(Real, 0, 1, closed="both"),
-            dict,
-        ],
-        "lr_schedule": [StrOptions(set(SCHEDULES))],
-        "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
-        "optimizer": [StrOptions(set(OPTIMIZERS))],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "rotation_degrees": [Interval(Real, 0, 180, closed="both")],
-        "normalization": [StrOptions({"imagenet"}), tuple, list],
-        "image_shape": [tuple, list, None],
-        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
-        "early_stopping": ["boolean"],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
-        "tol": [Interval(Real, 0, None, closed="left")],
-        "checkpoint_path": [str, os.PathLike, None],
-        "device": [str, torch.device],
-        "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
-        "torch_compile": ["boolean", StrOptions(set(COMPILE_MODES))],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
-        "warm_start": ["boolean"],
+        **ResNetFineTuneBase._parameter_constraints,
         "class_weight": [StrOptions({"balanced"}), dict, None],
-        "scoring": [str, callable, None],
-        "freeze_epochs": [Interval(Integral, 0, None, closed="left")],
         "label_smoothing": [Interval(Real, 0, 1, closed="left")],
-        "ema_decay": [Interval(Real, 0, 1, closed="neither"), None],
-        "lora_rank": [Interval(Integral, 1, None, closed="left"), None],
     }
 
     def __init__(
@@ -433,329 +337,30 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         self.ema_decay = ema_decay
         self.lora_rank = lora_rank
 
-    # ------------------------------------------------------------------ fit
-    def fit(
-        self,
-        X,
-        y,
-        sample_weight=None,
-        *,
-        X_val=None,
-        y_val=None,
-        sample_weight_val=None,
-    ) -> ResNetFineTuneClassifier:
-        """Fine-tune the network on images ``X`` with labels ``y``.
-
-        Parameters
-        ----------
-        X : array-like of images
-            Shape ``(n_samples, height, width)`` (grayscale),
-            ``(n_samples, height, width, channels)``,
-            ``(n_samples, channels, height, width)`` with 1 or 3 channels, or
-            ``(n_samples, n_features)`` rows read with ``image_shape``. uint8
-            values are scaled by 1/255; other dtypes are taken as already in
-            [0, 1].
-        y : array-like of shape (n_samples,)
-            Class labels (ints, strings, ...).
-        sample_weight : array-like of shape (n_samples,), default=None
-            Weight of each sample's loss (finite, >= 0), multiplied by
-            ``class_weight``'s. Weights are normalised to a mean of 1 over the
-            training part, so uniform weights train exactly as none; samples
-            of weight 0 are left out of training. Held-out validation samples
-            keep their weights, which weight the validation loss, accuracy
-            and score.
-        X_val, y_val : array-like, default=None
-            Validation images of the same size and channel count as ``X`` (in
-            any accepted layout) and their labels, all seen in ``y``. When
-            given, nothing is held out of ``X`` and the best epoch is the one
-            with the best validation score. Keyword-only.
-        sample_weight_val : array-like of shape (n_val_samples,), default=None
-            Weights of the validation samples (with ``class_weight``'s), as
-            ``HistGradientBoostingClassifier.fit`` takes them. Keyword-only.
-
-        Returns
-        -------
-        self : ResNetFineTuneClassifier
-            The fitted estimator.
-        """
-        params = check_before_data(self)
-        # Decided once: a warm start continues the fitted network and history.
-        warm = self.warm_start and hasattr(self, "module_")
-        # validate_data sets n_features_in_ at once; a refused fit restores it.
-        with restored_on_error(self, ("n_features_in_", "feature_names_in_")):
-            data = self._check_data(
-                X, y, sample_weight, X_val, y_val, sample_weight_val, warm
-            )
-            setup = self._build_setup(params, data, warm)
-        # All checks passed: from here on, work is done.
-        model = self._initial_module(setup)
-        loop = self._epoch_loop(model, setup)
-        self._train(loop, model, setup)
-        self._set_fitted(model, loop, setup)
-        return self
-
-    def _check_data(
-        self, X, y, sample_weight, X_val, y_val, sample_weight_val, warm: bool
-    ) -> FitData:
-        """The arrays of ``fit`` validated; labels encoded, weights combined."""
-        if (X_val is None) != (y_val is None):
-            raise ValueError("X_val and y_val must be passed together")
-        if sample_weight_val is not None and X_val is None:
-            raise ValueError("sample_weight_val needs X_val and y_val")
-        X, y, layout = self._validate_images(
-            X, y, reset=not warm, expected=self.image_shape_ if warm else None
+    # ---------------------------------------------------------- the task
+    def _make_task(self, y=None) -> Task:
+        """One label per image, or a label-indicator ``y`` (multi-label)."""
+        multi_label = (
+            y.ndim == 2 if y is not None else getattr(self, "_multi_label", False)
         )
-        check_classification_targets(y)
-        classes, y_encoded = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
+        if multi_label:
+            return MultiLabelClassification(self.label_smoothing)
+        return SingleLabelClassification(self.label_smoothing)
+
+    def _output_labels(self) -> np.ndarray:
+        return self.classes_
+
+    def _set_fitted_outputs(self, data: FitData) -> None:
+        self.classes_ = data.classes
+        self._multi_label = isinstance(data.task, MultiLabelClassification)
+
+    def _class_weights(self, outputs: np.ndarray, y) -> np.ndarray | None:
+        if self.class_weight is not None and y.ndim == 2:
             raise ValueError(
-                f"y has {len(classes)} class ({classes[:1].tolist()}); a "
-                "classifier needs samples of at least 2 classes"
+                "class_weight is for one label per image; with a multi-label y, "
+                "weight samples with sample_weight"
             )
-        if warm and not np.array_equal(classes, self.classes_):
-            raise ValueError(
-                "warm_start=True needs the classes of the first fit "
-                f"{self.classes_.tolist()}; y has {classes.tolist()}"
-            )
-        class_weights = per_class_weights(self.class_weight, classes, y)
-        weights = combined_sample_weight(sample_weight, class_weights, X, y_encoded)
-        if weights is not None:
-            check_every_class_weighted(weights, y_encoded, classes)
-        data = FitData(X, y_encoded, layout, classes, class_weights, weights)
-        if X_val is not None:
-            self._check_validation_data(data, X_val, y_val, sample_weight_val)
-        return data
-
-    def _check_validation_data(
-        self, data: FitData, X_val, y_val, sample_weight_val
-    ) -> None:
-        X_val, y_val, data.val_layout = self._validate_images(
-            X_val, y_val, name="X_val", expected=data.layout.image_shape
-        )
-        unseen = np.setdiff1d(y_val, data.classes)
-        if len(unseen):
-            raise ValueError(f"y_val has labels not in y: {unseen[:10].tolist()}")
-        data.X_val, data.y_val_encoded = X_val, np.searchsorted(data.classes, y_val)
-        val_weights = combined_sample_weight(
-            sample_weight_val, data.class_weights, X_val, data.y_val_encoded,
-            name="sample_weight_val",
-        )  # fmt: skip
-        data.val_weights = normalised_or_none(val_weights, "sample_weight_val")
-
-    def _build_setup(self, params: FitParams, data: FitData, warm: bool) -> FitSetup:
-        """The network checked, and the batches, scorer, rng and split built."""
-        model_channels = model_input_channels(
-            data.layout.channels, params.mean, params.std
-        )
-        initial_weights = None if warm else resolve_weights(self.arch, self.weights)
-        if warm:
-            check_kept_network(self.module_, model_channels, self.head, data.classes)
-        else:
-            check_new_network(
-                self.arch,
-                data.classes,
-                model_channels,
-                self.lora_rank,
-                params.stage_lrs,
-                head=self.head,
-                image_size=data.layout.image_shape[:2],
-            )
-        scorer = EpochScorer(self.scoring, self, data.classes)
-        rng = check_random_state(self.random_state)
-        train, val, validation_X = training_parts(
-            data, params, model_channels, self.validation_fraction, rng, scorer
-        )
-        if self.early_stopping and val is None:
-            raise ValueError(
-                "early_stopping=True needs validation data: pass X_val and "
-                "y_val or a validation_fraction > 0"
-            )
-        if self.checkpoint_path is not None:
-            check_writable(self.checkpoint_path)
-        return FitSetup(
-            train=train,
-            val=val,
-            validation_X=validation_X,
-            classes=data.classes,
-            layout=data.layout,
-            stage_lrs=params.stage_lrs,
-            initial_weights=initial_weights,
-            scorer=scorer,
-            rng=rng,
-            seed=int(rng.randint(np.iinfo(np.int32).max)),
-            device=params.device,
-            amp_dtype=params.amp_dtype,
-            normalization=(params.mean, params.std),
-            warm=warm,
-        )
-
-    def _initial_module(self, setup: FitSetup) -> nn.Module:
-        if setup.warm:
-            return self.module_.to(setup.device)
-        # Seeded here, so the new head (and a randomly initialised backbone)
-        # follow random_state without touching the global torch RNG.
-        with torch_seeded(setup.device, setup.seed):
-            model = build_resnet(
-                self.arch,
-                setup.initial_weights,
-                len(setup.classes),
-                setup.train.images.model_channels,
-                verbose=self.verbose,
-                head=self.head,
-                classes=setup.classes,
-            )
-        return model.to(setup.device, memory_format=torch.channels_last)
-
-    def _epoch_loop(self, model: nn.Module, setup: FitSetup) -> EpochLoop:
-        device = setup.device
-        best = BestWeights(checkpoint_path=self.checkpoint_path)
-        if setup.warm and setup.val is not None and self.best_score_ is not None:
-            # The weights now in the model are the previous fit's best.
-            best = BestWeights(
-                self.best_score_,
-                self.best_epoch_,
-                {k: v.detach().clone() for k, v in model.state_dict().items()},
-                self.checkpoint_path,
-            )
-        freeze_stages(model, setup.stage_lrs)
-        if self.lora_rank is not None:
-            # The factors are drawn from the global RNG: seeded here.
-            with torch_seeded(device, setup.seed + 2):
-                stages = trainable_stages(setup.stage_lrs)
-                add_lora_adapters(model, self.lora_rank, stages)
-        # A 1-channel conv1 is always the RGB stem folded over repeated gray.
-        stem_fold = 3 if model.conv1.in_channels == 1 else 1
-        groups = StageParamGroups(model, setup.stage_lrs, self.weight_decay, stem_fold)
-        optimizer = make_optimizer(self.optimizer, groups.groups, device)
-        schedule = EpochSchedule(
-            self.lr_schedule,
-            optimizer,
-            n_epochs=self.max_iter,
-            warmup_epochs=self.warmup_epochs,
-            patience=max(1, self.n_iter_no_change // 2),
-            tol=self.tol,
-        )
-        n_batches = len(batch_slices(len(setup.train), self.batch_size, training=True))
-        return EpochLoop(
-            model=model,
-            forward=compiled_forward(model, self.torch_compile),
-            optimizer=optimizer,
-            param_groups=groups,
-            schedule=schedule,
-            settings=LoopSettings.of(self, setup.amp_dtype),
-            rng=setup.rng,
-            generator=torch.Generator(device=device).manual_seed(setup.seed + 1),
-            best=best,
-            reporter=ProgressReporter(self.verbose, self.max_iter, n_batches),
-            grad_scaler=(
-                torch.amp.GradScaler(device.type)
-                if setup.amp_dtype == torch.float16
-                else None
-            ),
-            history=list(self.history_) if setup.warm else [],
-            ema=weight_average(model, self.ema_decay),
-            scorer=setup.scorer,
-            validation_X=setup.validation_X,
-        )
-
-    def _train(self, loop: EpochLoop, model: nn.Module, setup: FitSetup) -> None:
-        """Run the training phases: the head alone first when
-        ``freeze_epochs`` asks for it, then every stage at its rate."""
-        plain_forward = loop.forward
-        try:
-            phases = training_phases(setup.stage_lrs, self.freeze_epochs, self.max_iter)
-            for n_epochs, stage_lrs in phases:
-                loop.frozen_stages = freeze_stages(model, stage_lrs)
-                # A phase that changes what trains needs graphs of its own.
-                with self._accelerated(model, plain_forward, setup, n_epochs, loop):
-                    loop.run(setup.train, setup.val, n_epochs)
-                loop.forward = plain_forward
-                if loop.stopped:
-                    break
-        finally:
-            # Adapters merged, the model is a plain torchvision ResNet again,
-            # whatever happened (an adapted module does not pickle).
-            merge_lora_adapters(model)
-        freeze_stages(model, setup.stage_lrs)
-        loop.keep_final_weights()
-        # The last step's gradients would double the fitted model's memory.
-        model.zero_grad(set_to_none=True)
-
-    @contextlib.contextmanager
-    def _accelerated(self, model, forward, setup, n_epochs: int, loop: EpochLoop):
-        """The speed-ups of one training phase; sets ``loop.forward``."""
-        device = setup.device
-        n_val = len(setup.val) if setup.val is not None else 0
-        # Compiled graphs get inductor's own kernels, not the switched modules;
-        # the loop trains through the forward that cuda_graphed hands back.
-        with (
-            cudnn_autotuned(device),
-            gemm_weight_grads(model, enabled=self.torch_compile is False),
-            cuda_graphed(
-                forward,
-                model,
-                device,
-                self.batch_size,
-                training_batches=n_epochs * (len(setup.train) // self.batch_size),
-                # A weight average is evaluated eagerly, not the graphed model.
-                evaluation_batches=(
-                    n_epochs * (n_val // self.batch_size) if loop.ema is None else 0
-                ),
-            ) as loop.forward,
-        ):
-            yield
-
-    def _set_fitted(self, model: nn.Module, loop: EpochLoop, setup: FitSetup):
-        self.classes_ = setup.classes
-        self.image_shape_ = setup.layout.image_shape
-        self._model_channels = setup.train.images.model_channels
-        self._normalization_stats = setup.normalization
-        # Ready for inference, so that predict changes nothing about it.
-        self.module_ = model.eval()
-        self.device_ = setup.device
-        self.n_trainable_params_ = loop.param_groups.n_parameters
-        self.history_ = loop.history
-        self.n_iter_ = len(loop.history)
-        self.best_epoch_ = loop.best.epoch
-        self.best_score_ = (
-            float(loop.best.score) if loop.best.state_dict is not None else None
-        )
-
-    def _validate_images(
-        self, X, y="no_validation", *, reset=False, name="X", expected=None
-    ) -> tuple[np.ndarray, object, ImageLayout]:
-        """``X`` checked as images (with its labels ``y`` when given), and the
-        layout of its images.
-
-        ``X`` goes through ``validate_data``, which records (``reset``) or
-        checks ``n_features_in_`` and the column names, but not ``X_val``, nor
-        3-D and 4-D images after the first fit: ``validate_data`` would count
-        their ``X.shape[1]`` as features. Flattened rows are read with
-        ``image_shape`` on ``reset``, else with ``expected``, the
-        ``(height, width, channels)`` the images must have.
-        """
-        with_y = not (isinstance(y, str) and y == "no_validation")
-        if name == "X" and (reset or array_ndim(X) <= 2):
-            checked = validate_data(
-                self, X, y, reset=reset, allow_nd=True, dtype="numeric"
-            )
-            X, y = checked if with_y else (checked, y)
-            if reset:
-                # validate_data counts X.shape[1]; an image's values are its
-                # features.
-                self.n_features_in_ = int(np.prod(X.shape[1:]))
-        else:
-            X = check_array(X, allow_nd=True, dtype="numeric", input_name=name)
-            if with_y:
-                y = column_or_1d(y, warn=True)
-                check_consistent_length(X, y)
-        layout = infer_layout(X.shape, self.image_shape if reset else expected)
-        if not reset and layout.image_shape != tuple(expected):
-            raise ValueError(
-                f"{name} has images of shape {layout.image_shape} (height, width, "
-                f"channels) but the model was fitted on {tuple(expected)}"
-            )
-        return X, y, layout
+        return per_class_weights(self.class_weight, outputs, y)
 
     # -------------------------------------------------------------- predict
     def predict_proba(self, X) -> np.ndarray:
@@ -771,8 +376,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         proba : ndarray of shape (n_samples, n_classes)
             Rows sum to 1; columns follow ``classes_``.
         """
-        logits = self._logits(X)
-        return torch.softmax(logits.double(), dim=1).numpy()
+        return self._make_task().proba(self._logits(X))
 
     def predict(self, X) -> np.ndarray:
         """Predicted class labels of images ``X``.
@@ -787,13 +391,12 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         y_pred : ndarray of shape (n_samples,)
             Labels from ``classes_``.
         """
-        logits = self._logits(X)
-        return self.classes_[logits.argmax(dim=1).numpy()]
+        return self._make_task().predict(self._logits(X), self.classes_)
 
     def _reads_digits(self) -> bool:
         """Whether the head reads digits: the fitted one, else the one asked for."""
         if hasattr(self, "module_"):
-            return hasattr(self.module_.fc, "read_digits")
+            return reads_digits(self.module_)
         return self.head == "digit-sum" or isinstance(self.head, DigitSumHead)
 
     @available_if(_reads_digits)
@@ -817,69 +420,11 @@ class ResNetFineTuneClassifier(ClassifierMixin, BaseEstimator):
         """
 
         def read(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-            return lambda inputs: model.fc.read_digits(feature_map(model, inputs))
+            return lambda inputs: read_digits(model, inputs)
 
         return self._outputs(X, read).round().to(torch.int64).numpy()
 
-    def _logits(self, X) -> torch.Tensor:
-        return self._outputs(X, lambda model: model)
-
-    def _outputs(self, X, forward_of) -> torch.Tensor:
-        """``forward_of(model)`` applied to images ``X`` in batches on the
-        device, as a float32 CPU tensor."""
-        check_is_fitted(self)
-        X, _, layout = self._validate_images(X, expected=self.image_shape_)
-        device = resolve_device(self.device)
-        model = module_on(self.module_, device)
-        mean, std = self._normalization_stats
-        images = ImageBatches(X, layout, device, mean, std, self._model_channels)
-        amp_dtype = amp_dtype_for(device, self.precision)
-        inference_model = model
-        height, width, _ = self.image_shape_
-        if device.type == "cpu" and worth_folding(model, len(images), height, width):
-            # Measured on CPUs only; on CUDA the graphs below take the launches.
-            inference_model = folded_for_inference(model)
-        with (
-            cudnn_autotuned(device),
-            cuda_graphed(
-                forward_of(inference_model),
-                inference_model,
-                device,
-                self.batch_size,
-                evaluation_batches=len(images) // self.batch_size,
-            ) as forward,
-        ):
-            return predict_logits(
-                forward, inference_model, images, self.batch_size, amp_dtype
-            )
-
-    # ---------------------------------------------------------- persistence
-    def __getstate__(self):
-        state = dict(super().__getstate__())  # a copy: it may be our __dict__
-        module = state.pop("module_", None)
-        if module is not None:
-            # Stored as CPU tensors, so a model fitted on a GPU loads anywhere.
-            state["_module_state"] = {
-                k: v.detach().cpu() for k, v in module.state_dict().items()
-            }
-        return state
-
-    def __setstate__(self, state):
-        module_state = state.pop("_module_state", None)
-        super().__setstate__(state)
-        if module_state is not None:
-            n_classes = len(self.classes_)
-            in_channels = module_state["conv1.weight"].shape[1]
-            with torch.device("meta"):
-                model = build_resnet(self.arch, None, n_classes, in_channels)
-            head = resolve_head(self.head)
-            if head is not None:
-                # Built for real: its buffers, not in the state dict, must be.
-                attach_head(model, head, self.classes_)
-            model.load_state_dict(module_state, assign=True)
-            self.module_ = model.to(memory_format=torch.channels_last).eval()
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
+        tags.classifier_tags.multi_label = True
         return tags

@@ -1,10 +1,11 @@
 """What ``fit`` checks before any work, and what it hands the training steps.
 
-``fit`` runs in three steps before it trains: the parameters, each checked
-against the estimator's ``_parameter_constraints`` and then together
-(:func:`check_params`); the data (the estimator's own ``_check_data``); and
-the parts built from them (:func:`training_parts`): image batches on the
-device, the training part and the validation part, with their weights.
+``fit`` checks in three steps before it trains: the parameters, each against
+the estimator's ``_parameter_constraints`` and then together, resolved into
+one :class:`FitPlan` (:func:`check_before_data`); the data (the estimator's
+own ``_check_data``, giving :class:`FitData`); and the network the two ask
+for. Then :func:`training_parts` builds the batches on the device: the
+training part and the validation part, with their weights.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 import tempfile
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,7 @@ from resnetclf._acceleration.devices import amp_dtype_for, resolve_device
 from resnetclf._backbone import (
     build_resnet,
     check_arch,
-    layer4_channels,
-    make_head,
+    head_fits,
     resolve_weights,
 )
 from resnetclf._images import (
@@ -41,20 +41,20 @@ from resnetclf._param_groups import (
     stage_learning_rates,
     trainable_stages,
 )
-from resnetclf._scoring import EpochScorer
-from resnetclf._split import stratified_holdout
+from resnetclf._split import random_holdout, stratified_holdout
+from resnetclf._tasks import Task
 from resnetclf._training import LabelledImages
 from resnetclf._warnings import user_stacklevel
 from resnetclf.heads import resolve_head
 
 __all__ = [
     "FitData",
-    "FitParams",
-    "FitSetup",
+    "FitPlan",
+    "LabelledArray",
+    "TrainingParts",
     "check_before_data",
     "check_kept_network",
     "check_new_network",
-    "check_params",
     "check_writable",
     "restored_on_error",
     "torch_seeded",
@@ -63,23 +63,41 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class FitParams:
-    """The estimator's parameters resolved as ``fit`` uses them."""
+class FitPlan:
+    """Every setting of one fit that is not read straight off a parameter.
 
+    Built once, before the data is read, by :func:`check_before_data`; it is
+    the one object that carries settings from ``fit`` down to the training
+    step (what the targets ask for is the data's :class:`Task`). What is used
+    once, where it is built (the optimizer's name, the schedule, EMA, LoRA,
+    ...), is read from the estimator there instead.
+    """
+
+    weights: object  # resolved: a WeightsEnum, a file path, or None
     stage_lrs: dict[str, float]  # learning rate of each stage
     mean: tuple[float, ...]  # normalisation, per channel
     std: tuple[float, ...]
     device: torch.device
     amp_dtype: torch.dtype | None  # autocast's dtype; None is fp32
+    batch_size: int
+    rotation_degrees: float
+    early_stopping: bool
+    n_iter_no_change: int
+    tol: float
+
+    def model_channels(self, image_channels: int) -> int:
+        """The stem's input channels for images of ``image_channels``."""
+        return model_input_channels(image_channels, self.mean, self.std)
 
 
-def check_params(estimator) -> FitParams:
+def _plan(estimator) -> FitPlan:
     """The checks ``_parameter_constraints`` cannot express, and the values
-    they resolve: an arch by name, ``layer_lr_decay``'s content and its
-    ``"auto"`` (which follows ``weights``), the learning rates against
+    they resolve: an arch by name, the weights, ``layer_lr_decay``'s content
+    and its ``"auto"`` (which follows ``weights``), the learning rates against
     ``freeze_epochs`` and ``max_iter``, the normalisation and the device.
     Only what the data does not decide."""
     check_arch(estimator.arch)
+    weights = resolve_weights(estimator.arch, estimator.weights)
     layer_lr_decay = estimator.layer_lr_decay
     if isinstance(layer_lr_decay, str) and layer_lr_decay == "auto":
         # From random weights there are no learnt features to protect.
@@ -102,77 +120,103 @@ def check_params(estimator) -> FitParams:
         )
     mean, std = resolve_normalization(estimator.normalization)
     device = resolve_device(estimator.device)
-    amp_dtype = amp_dtype_for(device, estimator.precision)
-    return FitParams(stage_lrs, mean, std, device, amp_dtype)
+    return FitPlan(
+        weights=weights,
+        stage_lrs=stage_lrs,
+        mean=mean,
+        std=std,
+        device=device,
+        amp_dtype=amp_dtype_for(device, estimator.precision),
+        batch_size=estimator.batch_size,
+        rotation_degrees=float(estimator.rotation_degrees),
+        early_stopping=estimator.early_stopping,
+        n_iter_no_change=estimator.n_iter_no_change,
+        tol=estimator.tol,
+    )
 
 
-@dataclass
-class FitData:
-    """The arrays of one fit, validated, with labels encoded by ``classes``."""
+@dataclass(frozen=True)
+class LabelledArray:
+    """Validated images with their encoded targets and sample weights."""
 
     X: np.ndarray
-    y_encoded: np.ndarray
     layout: ImageLayout
+    targets: np.ndarray  # encoded: class indices
+    weights: np.ndarray | None  # per sample, or None when unweighted
+
+
+@dataclass(frozen=True)
+class FitData:
+    """The arrays of one fit, validated, with targets encoded by ``task``."""
+
+    task: Task  # what the targets are: their loss, hits and outputs
+    train: LabelledArray
     classes: np.ndarray
-    class_weights: np.ndarray | None  # per class of ``classes``, or None
-    weights: np.ndarray | None  # per sample: sample_weight times class weight
-    X_val: np.ndarray | None = None
-    y_val_encoded: np.ndarray | None = None
-    val_layout: ImageLayout | None = None
-    val_weights: np.ndarray | None = None  # normalised to a mean of 1
+    val: LabelledArray | None = None  # X_val and y_val, when given
 
 
-@dataclass
-class FitSetup:
-    """What the checks of ``fit`` found, for the steps that do the work."""
+@dataclass(frozen=True)
+class TrainingParts:
+    """The samples that train and those that pick the best epoch."""
 
     train: LabelledImages
     val: LabelledImages | None
     validation_X: object  # what a scorer gets as X, or None
-    classes: np.ndarray
-    layout: ImageLayout
-    stage_lrs: dict[str, float]
-    initial_weights: object
-    scorer: EpochScorer
-    rng: np.random.RandomState
-    seed: int
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    normalization: tuple
-    warm: bool
+
+    @property
+    def model_channels(self) -> int:
+        return self.train.images.model_channels
+
+    def on_features(self, features_of) -> TrainingParts:
+        """These parts with ``features_of(images)`` read in place of each
+        part's images (the frozen-backbone fast path)."""
+        features = {}  # by images: a held-out part shares the training one's
+
+        def read(part: LabelledImages) -> LabelledImages:
+            key = id(part.images)
+            if key not in features:
+                features[key] = features_of(part.images)
+            return replace(part, images=features[key])
+
+        val = None if self.val is None else read(self.val)
+        return TrainingParts(read(self.train), val, self.validation_X)
 
 
 def training_parts(
     data: FitData,
-    params: FitParams,
-    model_channels: int,
+    plan: FitPlan,
     validation_fraction: float,
     rng: np.random.RandomState,
-    scorer: EpochScorer,
-) -> tuple[LabelledImages, LabelledImages | None, object]:
+    scorer_needs_X: bool,
+) -> TrainingParts:
     """The training part, the validation part (None without one) and the
     validation images a scorer gets as X (None when it needs none).
 
     Without ``X_val``, ``validation_fraction`` of the data is held out,
-    stratified; samples keep their weights, normalised over each part.
+    stratified when the task's targets are classes; samples keep their
+    weights, normalised over each part.
     """
+    train = data.train
+    channels = plan.model_channels(train.layout.channels)
     images = ImageBatches(
-        data.X, data.layout, params.device, params.mean, params.std, model_channels
+        train.X, train.layout, plan.device, plan.mean, plan.std, channels
     )
-    if data.X_val is not None:
+    if data.val is not None:
+        val = data.val
         val_images = ImageBatches(
-            data.X_val, data.val_layout, params.device, params.mean, params.std,
-            model_channels, name="X_val",
+            val.X, val.layout, plan.device, plan.mean, plan.std, channels,
+            name="X_val",
         )  # fmt: skip
-        val = LabelledImages(
-            val_images, np.arange(len(data.X_val)), data.y_val_encoded, data.val_weights
+        val_part = LabelledImages(
+            val_images, np.arange(len(val.X)), val.targets, val.weights
         )
-        all_indices = np.arange(len(data.y_encoded))
-        train = _weighted_part(images, all_indices, data.y_encoded, data.weights)
-        return train, val, data.X_val
-    train, val = _held_out(images, data, validation_fraction, rng)
-    needs_X = val is not None and scorer.needs_logits
-    return train, val, np.take(data.X, val.indices, axis=0) if needs_X else None
+        all_indices = np.arange(len(train.targets))
+        train_part = _weighted_part(images, all_indices, train.targets, train.weights)
+        return TrainingParts(train_part, val_part, val.X)
+    train_part, val_part = _held_out(images, data, validation_fraction, rng)
+    needs_X = val_part is not None and scorer_needs_X
+    validation_X = np.take(train.X, val_part.indices, axis=0) if needs_X else None
+    return TrainingParts(train_part, val_part, validation_X)
 
 
 def _held_out(
@@ -181,11 +225,15 @@ def _held_out(
     fraction: float,
     rng: np.random.RandomState,
 ) -> tuple[LabelledImages, LabelledImages | None]:
-    y_encoded, weights = data.y_encoded, data.weights
+    y_encoded, weights = data.train.targets, data.train.weights
     if fraction == 0:
         all_indices = np.arange(len(y_encoded))
         return _weighted_part(images, all_indices, y_encoded, weights), None
-    train_idx, val_idx, unsplit = stratified_holdout(y_encoded, fraction, rng)
+    if not data.task.stratify:
+        train_idx, val_idx = random_holdout(len(y_encoded), fraction, rng)
+        unsplit = []
+    else:
+        train_idx, val_idx, unsplit = stratified_holdout(y_encoded, fraction, rng)
     if len(unsplit):
         warnings.warn(
             f"{len(unsplit)} class(es) got no validation sample (too few "
@@ -232,42 +280,8 @@ def _weighted_part(
     return LabelledImages(images, indices, y_encoded, scaled)
 
 
-def check_new_network(
-    arch,
-    classes: np.ndarray,
-    in_channels: int,
-    lora_rank: int | None,
-    stage_lrs,
-    *,
-    head="linear",
-    image_size: tuple[int, int] = (32, 32),
-) -> None:
-    """Check what only the network can tell, on a weightless copy of it (on
-    the meta device): that a callable ``arch`` builds a ResNet, that
-    ``lora_rank`` suits the convolutions of the trainable stages, and that a
-    head gives one logit per class for images of ``image_size``."""
-    custom_head = resolve_head(head) is not None
-    if lora_rank is None and not callable(arch) and not custom_head:
-        return
-    n_classes = len(classes)
-    with torch.device("meta"):
-        probe = build_resnet(
-            arch, None, n_classes, in_channels, head=head, classes=classes
-        )
-        if custom_head:
-            output = probe(torch.empty(2, in_channels, *image_size))
-            if tuple(output.shape) != (2, n_classes):
-                raise ValueError(
-                    f"head={head!r} returned logits of shape "
-                    f"{tuple(output.shape)} for 2 images; expected (2, {n_classes}): "
-                    "one per class"
-                )
-    if lora_rank is not None:
-        check_lora_rank(probe, lora_rank, trainable_stages(stage_lrs))
-
-
-def check_before_data(estimator, image_channels: int | None = None) -> FitParams:
-    """Every check of ``fit`` that needs no data, in one place.
+def check_before_data(estimator, image_channels: int | None = None) -> FitPlan:
+    """Every check of ``fit`` that needs no data, in one place; the plan.
 
     ``fit`` runs it first; ``resnetclf train`` runs it before reading any
     image, so that a bad option is refused at once.
@@ -284,24 +298,53 @@ def check_before_data(estimator, image_channels: int | None = None) -> FitParams
 
     Returns
     -------
-    params : FitParams
-        The values the checks resolved.
+    plan : FitPlan
+        The settings the checks resolved.
     """
     estimator._validate_params()
     # What the constraints cannot express: the parameters together.
-    params = check_params(estimator)
-    resolve_weights(estimator.arch, estimator.weights)
+    plan = _plan(estimator)
     if estimator.scoring is not None:
         check_scoring(estimator, scoring=estimator.scoring)  # as EpochScorer does
     if image_channels is not None:
-        channels = model_input_channels(image_channels, params.mean, params.std)
         # Two classes stand in for the data's: no check below depends on
         # them (the head's output is probed once fit has seen the data).
         check_new_network(
-            estimator.arch, np.arange(2), channels, estimator.lora_rank,
-            params.stage_lrs,
-        )  # fmt: skip
-    return params
+            estimator, plan, np.arange(2), plan.model_channels(image_channels)
+        )
+    return plan
+
+
+def check_new_network(
+    estimator,
+    plan: FitPlan,
+    classes: np.ndarray,
+    in_channels: int,
+    image_size: tuple[int, int] | None = None,
+) -> None:
+    """Check what only the network can tell, on a weightless copy of it (on
+    the meta device): that a callable ``arch`` builds a ResNet, that
+    ``lora_rank`` suits the convolutions of the trainable stages, and (given
+    an ``image_size``) that the head gives one output per class."""
+    arch, head, lora_rank = estimator.arch, estimator.head, estimator.lora_rank
+    probe_head = image_size is not None and resolve_head(head) is not None
+    if lora_rank is None and not callable(arch) and not probe_head:
+        return
+    n_classes = len(classes)
+    with torch.device("meta"):
+        probe = build_resnet(
+            arch, None, n_classes, in_channels, head=head, classes=classes
+        )
+        if probe_head:
+            output = probe(torch.empty(2, in_channels, *image_size))
+            if tuple(output.shape) != (2, n_classes):
+                raise ValueError(
+                    f"head={head!r} returned logits of shape "
+                    f"{tuple(output.shape)} for 2 images; expected (2, {n_classes}): "
+                    "one per class"
+                )
+    if lora_rank is not None:
+        check_lora_rank(probe, lora_rank, trainable_stages(plan.stage_lrs))
 
 
 def check_kept_network(
@@ -316,10 +359,7 @@ def check_kept_network(
             "normalization (1 for grayscale normalised alike in every channel, "
             "else 3): keep the first fit's normalization, or set warm_start=False"
         )
-    with torch.device("meta"):
-        wanted = make_head(head, layer4_channels(module), classes).state_dict()
-    kept = module.fc.state_dict()
-    if {k: v.shape for k, v in wanted.items()} != {k: v.shape for k, v in kept.items()}:
+    if not head_fits(module, head, classes):
         raise ValueError(
             f"warm_start=True continues the fitted network, whose head differs "
             f"from head={head!r}: keep the first fit's head, or set "

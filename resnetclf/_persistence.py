@@ -80,8 +80,11 @@ _FITTED = {
     "best_score_": lambda v: v is None or type(v) is float,
     "n_trainable_params_": _count,
     "device_": lambda v: isinstance(v, torch.device),
+    "_multi_label": lambda v: type(v) is bool,
 }
-_OPTIONAL = {"feature_names_in_"}
+# Absent from fits without feature names; an absent _multi_label reads False,
+# as the estimator itself reads it.
+_OPTIONAL = {"feature_names_in_", "_multi_label"}
 
 
 def save_model(estimator: ResNetFineTuneClassifier, path: str | os.PathLike) -> Path:

@@ -5,20 +5,31 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
-__all__ = ["ProgressReporter", "format_epoch"]
+__all__ = ["ProgressReporter", "format_epoch", "record_metric"]
+
+
+def record_metric(record: Mapping[str, float]) -> str:
+    """The name of the task's measure in a history record: ``"accuracy"``
+    for a classifier (``train_accuracy``, ``val_accuracy``), ..."""
+    return next(
+        key[len("train_") :]
+        for key in record
+        if key.startswith("train_") and key != "train_loss"
+    )
 
 
 def format_epoch(record: Mapping[str, float]) -> str:
     """One line summing up an epoch's history record."""
+    metric = record_metric(record)
     parts = [
         f"epoch {record['epoch']}",
         f"train_loss={record['train_loss']:.4f}",
-        f"train_accuracy={record['train_accuracy']:.4f}",
+        f"train_{metric}={record[f'train_{metric}']:.4f}",
     ]
     if record.get("val_loss") is not None:
         parts += [
             f"val_loss={record['val_loss']:.4f}",
-            f"val_accuracy={record['val_accuracy']:.4f}",
+            f"val_{metric}={record[f'val_{metric}']:.4f}",
         ]
     parts += [f"lr={record['lr_fc']:.3g}", f"{record['seconds']:.1f}s"]
     return ", ".join(parts)
@@ -64,7 +75,7 @@ class ProgressReporter:
             self._epoch_bar.set_postfix(
                 {
                     k: f"{record[k]:.4f}"
-                    for k in _POSTFIX_KEYS
+                    for k in _postfix_keys(record_metric(record))
                     if record.get(k) is not None
                 }
             )
@@ -86,7 +97,8 @@ class ProgressReporter:
         self._batch_bar = self._epoch_bar = None
 
 
-_POSTFIX_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+def _postfix_keys(metric: str) -> tuple[str, ...]:
+    return ("train_loss", f"train_{metric}", "val_loss", f"val_{metric}")
 
 
 def _import_tqdm():

@@ -1,55 +1,72 @@
-"""The score that picks the best epoch: accuracy, or any scikit-learn scorer."""
+"""The score that picks the best epoch: the task's own, or any scikit-learn scorer."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.metrics import check_scoring
 
 __all__ = ["EpochScorer"]
 
 
 class _FixedPredictions(ClassifierMixin, BaseEstimator):
-    """A classifier whose predictions were computed already.
+    """A classifier whose outputs were computed already.
 
     Scorers call ``predict`` or ``predict_proba`` on an estimator; this one
-    answers with the validation pass's probabilities, so a scorer costs no
-    second forward pass, whatever it asks for.
+    answers from the validation pass's outputs, so a scorer costs no second
+    forward pass, whatever it asks for.
     """
 
-    def __init__(self, classes=None, proba=None) -> None:
+    def __init__(self, task=None, classes=None, outputs=None) -> None:
+        self.task = task
         self.classes = classes
-        self.proba = proba
+        self.outputs = outputs
 
     @property
     def classes_(self) -> np.ndarray:
         return self.classes
 
     def predict_proba(self, X) -> np.ndarray:
-        return self.proba
+        return self.task.proba(self.outputs)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes[np.argmax(self.proba, axis=1)]
+        return self.task.predict(self.outputs, self.classes)
+
+
+class _FixedRegression(RegressorMixin, BaseEstimator):
+    """A regressor whose outputs were computed already (see above)."""
+
+    def __init__(self, task=None, classes=None, outputs=None) -> None:
+        self.task = task
+        self.classes = classes
+        self.outputs = outputs
+
+    def predict(self, X) -> np.ndarray:
+        return self.task.predict(self.outputs, self.classes)
 
 
 class EpochScorer:
-    """Score an epoch's validation logits with ``scoring``.
+    """Score an epoch's validation outputs with ``scoring``.
 
     Parameters
     ----------
     scoring : str, callable or None
-        None scores (weighted) accuracy on the device; otherwise a scorer name
-        or a callable ``scorer(estimator, X, y)`` as scikit-learn's
-        ``check_scoring`` takes them (higher is better).
+        None scores with the task's own measure on the device (accuracy for
+        a classifier); otherwise a scorer name or a callable
+        ``scorer(estimator, X, y)`` as scikit-learn's ``check_scoring``
+        takes them (higher is better).
     estimator : estimator
         The estimator being fitted, for ``check_scoring``.
+    task : Task
+        What the outputs mean (how they become predictions).
     classes : ndarray
-        Labels of the logits' columns.
+        What the outputs' columns stand for.
     """
 
-    def __init__(self, scoring, estimator, classes: np.ndarray) -> None:
+    def __init__(self, scoring, estimator, task, classes: np.ndarray) -> None:
         self.scoring = scoring
+        self.task = task
         self.classes = classes
         self._scorer = (
             None if scoring is None else check_scoring(estimator, scoring=scoring)
@@ -57,21 +74,27 @@ class EpochScorer:
 
     @property
     def needs_logits(self) -> bool:
-        """Whether scoring needs every validation logit on the host."""
+        """Whether scoring needs every validation output on the host."""
         return self._scorer is not None
 
     def __call__(
         self,
-        accuracy: float,
-        logits: torch.Tensor | None,
+        metric: float,
+        outputs: torch.Tensor | None,
         X,
-        y_encoded: np.ndarray,
+        targets: np.ndarray,
         weights: np.ndarray | None,
     ) -> float:
-        """The epoch's score: ``accuracy`` itself for ``scoring=None``."""
+        """The epoch's score: the task's from ``metric`` for ``scoring=None``."""
         if self._scorer is None:
-            return accuracy
-        proba = torch.softmax(logits.double(), dim=1).numpy()
-        predictions = _FixedPredictions(self.classes, proba)
+            return self.task.score(metric, targets, weights)
+        fixed = _FixedRegression if is_regressor_task(self.task) else _FixedPredictions
+        predictions = fixed(self.task, self.classes, outputs)
         kwargs = {} if weights is None else {"sample_weight": weights}
-        return float(self._scorer(predictions, X, self.classes[y_encoded], **kwargs))
+        y = self.task.decode(targets, self.classes)
+        return float(self._scorer(predictions, X, y, **kwargs))
+
+
+def is_regressor_task(task) -> bool:
+    """Whether ``task``'s outputs are values rather than class scores."""
+    return not hasattr(task, "proba")

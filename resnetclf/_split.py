@@ -17,10 +17,22 @@ from sklearn.utils import check_random_state
 __all__ = [
     "SplitIndices",
     "SplitInfo",
+    "random_holdout",
     "stratified_holdout",
     "stratified_subsample",
     "train_val_test_split",
 ]
+
+
+def random_holdout(
+    n_samples: int, fraction: float, rng: np.random.RandomState
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hold about ``fraction`` of ``n_samples`` out at random (targets that
+    are not classes: values, label sets), keeping at least one training
+    sample; sorted training and validation indices."""
+    n_val = min(int(round(fraction * n_samples)), n_samples - 1)
+    order = rng.permutation(n_samples)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 def stratified_holdout(

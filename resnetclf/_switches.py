@@ -52,6 +52,9 @@ class Switches:
     fold_gray_stem : bool
         Feed grayscale images to a one-channel (folded) stem rather than
         repeating them to three channels.
+    frozen_features : bool
+        When only the head trains on unaugmented images, train it on the
+        backbone's features computed once rather than on the images.
     """
 
     resident_data: bool = True
@@ -62,6 +65,7 @@ class Switches:
     decay_norms_and_biases: bool = False
     rotation_sampling: str = "bilinear"
     fold_gray_stem: bool = True
+    frozen_features: bool = True
 
 
 _current = Switches()

@@ -10,10 +10,10 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -27,16 +27,18 @@ from resnetclf._schedules import EpochSchedule
 from resnetclf._scoring import EpochScorer
 from resnetclf._warnings import user_stacklevel
 
+if TYPE_CHECKING:  # _fit_setup imports this module
+    from resnetclf._fit_setup import FitPlan, TrainingParts
+    from resnetclf._tasks import Task
+
 __all__ = [
     "BestWeights",
     "EpochLoop",
     "LabelledImages",
-    "LoopSettings",
     "batch_slices",
     "module_on",
     "predict_logits",
     "weight_average",
-    "weighted_cross_entropy",
 ]
 
 
@@ -92,31 +94,6 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
-
-
-def weighted_cross_entropy(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    weights: torch.Tensor | None = None,
-    label_smoothing: float = 0.0,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """Cross-entropy, each sample's term times its weight.
-
-    Without weights this is ``F.cross_entropy`` itself. With weights the
-    terms are multiplied by them and averaged over the batch ("mean") or
-    summed ("sum"); weights normalised to a mean of 1 over the data set
-    (``normalised_or_none``) make uniform weights give the plain loss.
-    """
-    if weights is None:
-        return F.cross_entropy(
-            logits, targets, label_smoothing=label_smoothing, reduction=reduction
-        )
-    losses = F.cross_entropy(
-        logits, targets, label_smoothing=label_smoothing, reduction="none"
-    )
-    weighted = losses * weights
-    return weighted.mean() if reduction == "mean" else weighted.sum()
 
 
 @contextlib.contextmanager
@@ -246,35 +223,9 @@ class BestWeights:
             model.load_state_dict(self.state_dict)
 
 
-@dataclass(frozen=True)
-class LoopSettings:
-    """The estimator's parameters that the epoch loop reads, checked."""
-
-    batch_size: int
-    rotation_degrees: float = 0.0
-    amp_dtype: torch.dtype | None = None  # autocast's dtype; None is fp32
-    label_smoothing: float = 0.0
-    early_stopping: bool = False
-    n_iter_no_change: int = 10
-    tol: float = 0.0
-
-    @classmethod
-    def of(cls, estimator, amp_dtype: torch.dtype | None) -> LoopSettings:
-        """The settings of ``estimator``, whose parameters ``fit`` checked."""
-        return cls(
-            batch_size=estimator.batch_size,
-            rotation_degrees=float(estimator.rotation_degrees),
-            amp_dtype=amp_dtype,
-            label_smoothing=float(estimator.label_smoothing),
-            early_stopping=estimator.early_stopping,
-            n_iter_no_change=estimator.n_iter_no_change,
-            tol=estimator.tol,
-        )
-
-
 @dataclass
 class EpochLoop:
-    """Train a model for a number of epochs with fixed ``settings``.
+    """Train a model for a number of epochs, as ``plan`` says.
 
     ``run`` appends one record per epoch to ``history`` and keeps the best
     epoch's weights in ``best``; it never raises on ``KeyboardInterrupt`` (it
@@ -292,16 +243,17 @@ class EpochLoop:
     optimizer: torch.optim.Optimizer
     param_groups: StageParamGroups
     schedule: EpochSchedule
-    settings: LoopSettings
+    plan: FitPlan  # the fit's settings: batches, augmentation, stopping
+    task: Task  # the targets' loss and hits
+    parts: TrainingParts  # the samples that train and those that validate
     rng: np.random.RandomState  # shuffles the batches
     generator: torch.Generator  # draws the rotations, on the device
     best: BestWeights
     reporter: ProgressReporter
+    scorer: EpochScorer  # the validation score that picks the best epoch
     grad_scaler: torch.amp.GradScaler | None = None  # for fp16
     history: list[dict] = field(default_factory=list)
     ema: AveragedModel | None = None
-    scorer: EpochScorer | None = None
-    validation_X: object = None  # what a scorer gets as X (scoring != None)
     frozen_stages: list[str] = field(default_factory=list)  # in this phase
     stopped: bool = False
 
@@ -314,10 +266,8 @@ class EpochLoop:
         """The weights that validation scores and the best epoch keeps."""
         return self.model if self.ema is None else self.ema.module
 
-    def run(
-        self, train: LabelledImages, val: LabelledImages | None, n_epochs: int
-    ) -> bool:
-        """Train ``n_epochs`` epochs or until early stopping; True if interrupted.
+    def run(self, n_epochs: int) -> None:
+        """Train ``n_epochs`` epochs or until early stopping.
 
         ``stopped`` is set when training should not go on (early stopping or
         an interrupt), so that later phases are skipped.
@@ -325,7 +275,7 @@ class EpochLoop:
         first = len(self.history) + 1
         try:
             for epoch in range(first, first + n_epochs):
-                record = self.run_epoch(epoch, train, val)
+                record = self.run_epoch(epoch)
                 self.history.append(record)
                 if self.end_epoch(epoch, record):
                     self.stopped = True
@@ -337,10 +287,8 @@ class EpochLoop:
                 stacklevel=user_stacklevel(),
             )
             self.stopped = True
-            return True
         finally:
             self.reporter.close()
-        return False
 
     def end_epoch(self, epoch: int, record: dict) -> bool:
         """Keep the best weights, step the schedule; True to stop early."""
@@ -352,19 +300,17 @@ class EpochLoop:
             self.schedule.step(-record["train_loss"])
             self.reporter.end_epoch(record)
             return False
-        settings = self.settings
+        plan = self.plan
         self.best.consider(epoch, score, self.scored_model)
-        improved = score > self._best_for_stopping + settings.tol
+        improved = score > self._best_for_stopping + plan.tol
         self._no_improvement = 0 if improved else self._no_improvement + 1
         self._best_for_stopping = max(self._best_for_stopping, score)
         self.schedule.step(score)
         self.reporter.end_epoch(record)
-        if settings.early_stopping and (
-            self._no_improvement >= settings.n_iter_no_change
-        ):
+        if plan.early_stopping and self._no_improvement >= plan.n_iter_no_change:
             self.reporter.message(
                 f"early stopping: the validation score has not improved by "
-                f"more than tol={settings.tol} for {self._no_improvement} epochs"
+                f"more than tol={plan.tol} for {self._no_improvement} epochs"
             )
             return True
         return False
@@ -380,35 +326,31 @@ class EpochLoop:
         elif self.ema is not None:
             self.model.load_state_dict(merged_state_dict(self.ema.module))
 
-    def run_epoch(
-        self, epoch: int, train: LabelledImages, val: LabelledImages | None
-    ) -> dict:
+    def run_epoch(self, epoch: int) -> dict:
         start = time.perf_counter()
+        train, val = self.parts.train, self.parts.val
         rates = self.param_groups.current_rates(self.optimizer)
         # Stages frozen for this phase keep their group's rate but do not train.
         rates.update(dict.fromkeys(self.frozen_stages, 0.0))
         self.reporter.start_epoch(epoch)
-        train_loss, train_accuracy = self.train_epoch(train)
-        val_loss = val_accuracy = val_score = None
+        train_loss, train_metric = self.train_epoch(train)
+        val_loss = val_metric = val_score = None
         if val is not None:
-            val_loss, val_accuracy, logits = self.evaluate(val)
-            val_score = (
-                val_accuracy
-                if self.scorer is None
-                else self.scorer(
-                    val_accuracy,
-                    logits,
-                    self.validation_X,
-                    val.labels[val.indices],
-                    val.index_weights(),
-                )
+            val_loss, val_metric, logits = self.evaluate(val)
+            val_score = self.scorer(
+                val_metric,
+                logits,
+                self.parts.validation_X,
+                val.labels[val.indices],
+                val.index_weights(),
             )
+        metric = self.task.metric
         record = {
             "epoch": epoch,
             "train_loss": train_loss,
-            "train_accuracy": train_accuracy,
+            f"train_{metric}": train_metric,
             "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
+            f"val_{metric}": val_metric,
             "val_score": val_score,
         }
         record.update({f"lr_{stage}": rate for stage, rate in rates.items()})
@@ -419,7 +361,7 @@ class EpochLoop:
         self.model.train()
         set_frozen_to_eval(self.model, self.frozen_stages)
         device = data.images.device
-        batch_size, degrees = self.settings.batch_size, self.settings.rotation_degrees
+        batch_size, degrees = self.plan.batch_size, self.plan.rotation_degrees
         order = data.indices[self.rng.permutation(len(data))]
         loss_sum = torch.zeros((), device=device)
         correct_sum = torch.zeros((), device=device)
@@ -433,10 +375,8 @@ class EpochLoop:
                 # Sums stay on the device: no host sync per batch. Weights
                 # have a mean of 1 over the set, so these are weighted means.
                 loss_sum += loss.detach().float() * len(indices)
-                correct = logits.argmax(dim=1) == targets
-                correct_sum += (
-                    correct.sum() if weights is None else weights @ (correct.float())
-                )
+                hits = self.task.hits(logits.detach(), targets)
+                correct_sum += hits.sum() if weights is None else weights @ hits
                 self.reporter.end_batch()
         return loss_sum.item() / len(order), correct_sum.item() / len(order)
 
@@ -446,11 +386,9 @@ class EpochLoop:
         targets: torch.Tensor,
         weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast_context(inputs.device, self.settings.amp_dtype):
+        with autocast_context(inputs.device, self.plan.amp_dtype):
             logits = self.forward(inputs)
-            loss = weighted_cross_entropy(
-                logits, targets, weights, self.settings.label_smoothing
-            )
+            loss = self.task.loss(logits, targets, weights)
         self.optimizer.zero_grad(set_to_none=True)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -474,24 +412,22 @@ class EpochLoop:
         # The (graphed) forward is the training model's; an average runs as is.
         forward = self.forward if self.ema is None else model
         device = data.images.device
-        keep_logits = self.scorer is not None and self.scorer.needs_logits
+        keep_logits = self.scorer.needs_logits
         all_logits = None
         loss_sum = torch.zeros((), device=device)
         correct_sum = torch.zeros((), device=device)
         weight_sum = torch.zeros((), device=device)
-        batch_size = self.settings.batch_size
+        batch_size = self.plan.batch_size
         with _explain_out_of_memory(batch_size):
             for batch in batch_slices(len(data), batch_size, training=False):
                 indices = data.indices[batch]
                 targets = data.targets(indices, device)
                 weights = data.batch_weights(indices, device)
-                with autocast_context(device, self.settings.amp_dtype):
+                with autocast_context(device, self.plan.amp_dtype):
                     logits = forward(data.images.get(indices)).float()
                 # The plain (unsmoothed) loss: comparable across settings.
-                loss_sum += weighted_cross_entropy(
-                    logits, targets, weights, reduction="sum"
-                )
-                correct = (logits.argmax(dim=1) == targets).float()
+                loss_sum += self.task.loss(logits, targets, weights, training=False)
+                correct = self.task.hits(logits, targets)
                 if weights is None:
                     correct_sum += correct.sum()
                     weight_sum += len(indices)

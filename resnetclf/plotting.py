@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from resnetclf._images import ImageLayout, infer_layout
+from resnetclf._progress import record_metric
 
 __all__ = ["plot_confident_mistakes", "plot_history"]
 
@@ -57,7 +58,8 @@ def plot_history(estimator_or_history, axes=None, title: str | None = None):
             raise ValueError(f"axes must hold 2 Axes (loss, accuracy); got {len(axes)}")
         figure = axes[0].figure
     epochs = [record["epoch"] for record in history]
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    measure = record_metric(history[0])
+    for ax, metric in zip(axes, ("loss", measure)):
         for split, style in (("train", "-o"), ("val", "-s")):
             values = [record.get(f"{split}_{metric}") for record in history]
             if all(v is None for v in values):
@@ -75,7 +77,7 @@ def plot_history(estimator_or_history, axes=None, title: str | None = None):
         ax.grid(alpha=0.3)
         ax.legend()
     axes[0].set_title("Training and validation loss")
-    axes[1].set_title("Training and validation accuracy")
+    axes[1].set_title(f"Training and validation {measure.replace('_', ' ')}")
     best = getattr(estimator_or_history, "best_epoch_", None)
     if best is not None:
         for ax in axes:
@@ -94,7 +96,10 @@ def _history_of(estimator_or_history) -> Sequence[Mapping]:
         )
     if not history:
         raise ValueError("the history is empty: nothing was trained")
-    missing = {"epoch", "train_loss", "train_accuracy"} - set(history[0])
+    keys = set(history[0])
+    missing = {"epoch", "train_loss"} - keys
+    if not any(k.startswith("train_") and k != "train_loss" for k in keys):
+        missing.add("train_accuracy")  # or the task's own measure
     if missing:
         raise ValueError(f"history records lack the keys {sorted(missing)}")
     return history

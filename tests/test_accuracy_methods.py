@@ -9,11 +9,11 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import GridSearchCV, cross_validate
 from sklearn.utils.class_weight import compute_class_weight
 
-import resnetclf._estimator as estimator_module
-import resnetclf._training as training_module
+import resnetclf._base as estimator_module
+import resnetclf._tasks as tasks_module
 from conftest import small_classifier
 from resnetclf._checkpoint import load_state_dict_file
-from resnetclf._training import weighted_cross_entropy
+from resnetclf._tasks import weighted_cross_entropy
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +69,14 @@ def test_zero_weight_samples_train_nothing(data):
 def test_weights_change_the_training_loss(data, monkeypatch):
     X, y = data
     seen = []
-    original = training_module.weighted_cross_entropy
+    original = tasks_module.weighted_cross_entropy
 
     def spy(logits, targets, weights=None, label_smoothing=0.0, reduction="mean"):
         if reduction == "mean":
             seen.append(None if weights is None else weights.detach().clone())
         return original(logits, targets, weights, label_smoothing, reduction)
 
-    monkeypatch.setattr(training_module, "weighted_cross_entropy", spy)
+    monkeypatch.setattr(tasks_module, "weighted_cross_entropy", spy)
     sample_weight = np.where(y == 2, 4.0, 1.0)
     small_classifier(max_iter=1, validation_fraction=0).fit(
         X, y, sample_weight=sample_weight
@@ -278,13 +278,13 @@ def test_freeze_epochs_beyond_max_iter_is_refused(data):
 def test_label_smoothing_reaches_the_training_loss_only(data, monkeypatch):
     X, y = data
     seen = []
-    original = training_module.weighted_cross_entropy
+    original = tasks_module.weighted_cross_entropy
 
     def spy(logits, targets, weights=None, label_smoothing=0.0, reduction="mean"):
         seen.append((reduction, label_smoothing))
         return original(logits, targets, weights, label_smoothing, reduction)
 
-    monkeypatch.setattr(training_module, "weighted_cross_entropy", spy)
+    monkeypatch.setattr(tasks_module, "weighted_cross_entropy", spy)
     small_classifier(max_iter=1, label_smoothing=0.2).fit(X, y)
     assert {s for r, s in seen if r == "mean"} == {0.2}
     assert {s for r, s in seen if r == "sum"} == {0.0}

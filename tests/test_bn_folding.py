@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import resnetclf._estimator as estimator_module
+import resnetclf._base as estimator_module
 from conftest import small_classifier
 from resnetclf._acceleration import bn_folding as _bn_folding
 from resnetclf._acceleration.bn_folding import folded_for_inference, worth_folding

@@ -15,7 +15,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_sco
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-import resnetclf._estimator as estimator_module
+import resnetclf._base as estimator_module
 from conftest import (
     assert_same_state,
     fitted_state,

@@ -13,7 +13,7 @@ from sklearn.base import clone
 from torch.nn.utils import parametrize
 from torchvision.models.resnet import BasicBlock, ResNet
 
-import resnetclf._estimator as estimator_module
+import resnetclf._base as estimator_module
 from conftest import small_classifier
 from resnetclf._checkpoint import load_state_dict_file
 

@@ -420,3 +420,14 @@ def test_a_fit_with_the_accuracy_methods_roundtrips(tiny_images, tmp_path):
     loaded = _roundtrip(clf, tmp_path / "model")
     _check_same_estimator(loaded, clf)
     assert np.array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+
+
+def test_a_multi_label_fit_roundtrips(tiny_images, tmp_path):
+    X, y = tiny_images
+    indicator = np.stack([y == 0, y != 1, y == 2], axis=1).astype(int)
+    clf = small_classifier(max_iter=1).fit(X, indicator)
+    loaded = _roundtrip(clf, tmp_path / "model")
+    assert loaded._multi_label is True
+    _check_same_estimator(loaded, clf)
+    assert np.array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    assert np.array_equal(loaded.predict(X), clf.predict(X))

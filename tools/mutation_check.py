@@ -160,10 +160,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "stem-fold-1",
-        "resnetclf/_estimator.py",
+        "resnetclf/_base.py",
         (
             Edit(
-                "ResNetFineTuneClassifier._epoch_loop",
+                "ResNetFineTuneBase._epoch_loop",
                 "stem_fold = 3 if model.conv1.in_channels == 1 else 1",
                 "stem_fold = 1",
             ),
@@ -270,8 +270,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "EpochLoop.end_epoch",
-                "self._no_improvement >= settings.n_iter_no_change",
-                "self._no_improvement > settings.n_iter_no_change",
+                "self._no_improvement >= plan.n_iter_no_change",
+                "self._no_improvement > plan.n_iter_no_change",
             ),
         ),
         (CORE + "test_early_stopping_stops_after_exactly_patience_epochs",),
@@ -282,7 +282,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "resnetclf/_fit_setup.py",
         (
             Edit(
-                "check_params",
+                "_plan",
                 "resolve_normalization(estimator.normalization)",
                 "resolve_normalization((0.5, 0.5))",
             ),
@@ -311,10 +311,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "classes-encoded-by-first-appearance",
-        "resnetclf/_estimator.py",
+        "resnetclf/_tasks.py",
         (
             Edit(
-                "ResNetFineTuneClassifier._check_data",
+                "SingleLabelClassification.encode",
                 "classes, y_encoded = np.unique(y, return_inverse=True)",
                 "classes, first, y_encoded = np.unique(\n"
                 "    y, return_index=True, return_inverse=True\n"
@@ -327,12 +327,12 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "warm-start-reinitialises",
-        "resnetclf/_estimator.py",
+        "resnetclf/_base.py",
         (
             Edit(
-                "ResNetFineTuneClassifier._initial_module",
-                "return self.module_.to(setup.device)",
-                "return self.module_.to(setup.device).apply(\n"
+                "ResNetFineTuneBase._initial_module",
+                "return self.module_.to(plan.device)",
+                "return self.module_.to(plan.device).apply(\n"
                 "    lambda m: getattr(m, 'reset_parameters', lambda: None)()\n"
                 ")",
             ),
@@ -342,11 +342,11 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "warm-start-forgets-history",
-        "resnetclf/_estimator.py",
+        "resnetclf/_base.py",
         (
             Edit(
-                "ResNetFineTuneClassifier._epoch_loop",
-                "history=list(self.history_) if setup.warm else []",
+                "ResNetFineTuneBase._epoch_loop",
+                "history=list(self.history_) if warm else []",
                 "history=[]",
             ),
         ),
@@ -393,12 +393,11 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "warm-start-checked-after-work",
-        "resnetclf/_estimator.py",
+        "resnetclf/_base.py",
         (
             Edit(
-                "ResNetFineTuneClassifier._build_setup",
-                "check_kept_network(self.module_, model_channels, self.head,"
-                " data.classes)",
+                "ResNetFineTuneBase._check_network",
+                "check_kept_network(self.module_, channels, self.head, data.classes)",
                 "pass",
             ),
         ),
@@ -407,10 +406,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "predict-moves-module",
-        "resnetclf/_estimator.py",
+        "resnetclf/_base.py",
         (
             Edit(
-                "ResNetFineTuneClassifier._outputs",
+                "ResNetFineTuneBase._outputs",
                 "module_on(self.module_, device)",
                 "self.module_.to(device)",
             ),
