@@ -51,8 +51,12 @@ def to_json(value, tags: frozenset):
         return [to_json(item, tags) for item in value]
     tag, content = _tagged(value)
     if tag not in tags:
-        what = f"{value}, not a finite number," if tag == "float" else "it"
-        raise TypeError(f"{what} has no form here ({type(value).__name__})")
+        kind = type(value).__name__
+        raise TypeError(
+            f"{value} is not a finite number"
+            if tag == "float"
+            else f"a {kind} has no form here (in fitted attributes only)"
+        )
     return {tag: to_json(content, tags)}
 
 
@@ -60,11 +64,14 @@ def _tagged(value) -> tuple[str, object]:
     """The tag of ``value``'s type and what to encode in its place."""
     if type(value) is float:  # not finite
         return "float", repr(value)
-    if type(value) in (tuple, dict):
-        items = value if type(value) is tuple else map(list, value.items())
-        return type(value).__name__, list(items)
-    if isinstance(value, (Path, torch.device)):
-        return ("path" if isinstance(value, Path) else "device"), str(value)
+    if type(value) is tuple:
+        return "tuple", list(value)
+    if type(value) is dict:
+        return "dict", [list(item) for item in value.items()]
+    if isinstance(value, Path):
+        return "path", str(value)
+    if isinstance(value, torch.device):
+        return "device", str(value)
     if isinstance(value, WeightsEnum):
         return "torchvision_weights", f"{type(value).__name__}.{value.name}"
     if type(value) is np.random.RandomState:
