@@ -3,6 +3,7 @@
 from resnetclf._backbone import WeightsUnavailableError
 from resnetclf._estimator import ResNetFineTuneClassifier
 from resnetclf._persistence import load_model, save_model
+from resnetclf._regressor import ResNetFineTuneRegressor
 from resnetclf._split import (
     SplitIndices,
     SplitInfo,
@@ -16,6 +17,7 @@ from resnetclf.plotting import plot_confident_mistakes, plot_history
 __all__ = [
     "DigitSumHead",
     "ResNetFineTuneClassifier",
+    "ResNetFineTuneRegressor",
     "SplitIndices",
     "SplitInfo",
     "WeightsUnavailableError",
