@@ -110,7 +110,7 @@ def _check_merged_dataset_run(out, tmp_path):
     (out,) = tmp_path.glob("resnetclf-merged-*")
     assert (out / "resnet-step.safetensors").stat().st_size > 0
     saved = sorted(path.name for path in (out / "model").iterdir())
-    assert saved == ["estimator.json", "model.safetensors"]
+    assert saved == ["model.safetensors"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.stem)

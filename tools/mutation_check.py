@@ -94,6 +94,7 @@ HEADS = "tests/test_heads.py::"
 CKPT = "tests/test_checkpoint.py::"
 ROBUST = "tests/test_robustness.py::"
 EST = "tests/test_estimator.py::"
+HOSTILE = "tests/test_hostile_files.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ---- the breakages the core's tests were written against
@@ -449,6 +450,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         (HEADS + "test_head_output_is_float32_under_bf16_autocast",),
         "under bf16 the sum's rarest classes lose their probability",
+    ),
+    Mutation(
+        "loaded-tensors-unchecked",
+        "resnetclf/_persistence.py",
+        (Edit("_check_fitted", "if got.get(k) != want.get(k)", "if False"),),
+        (
+            HOSTILE + "test_tensors_that_do_not_fit_the_settings_are_refused",
+            "tests/test_persistence.py::test_weights_of_another_network_are_refused",
+        ),
+        "a model file whose tensors disagree with its settings fails past load",
+    ),
+    Mutation(
+        "random-state-position-unchecked",
+        "resnetclf/_model_json.py",
+        (Edit("_random_state", "and 0 <= pos <= 624", ""),),
+        (HOSTILE + "test_a_lying_random_state_is_refused",),
+        "a model file's RandomState reads outside its keys",
     ),
     Mutation(
         "foreign-head-loaded",
