@@ -27,9 +27,11 @@ import torchvision
 from sklearn.utils.validation import check_is_fitted
 
 from resnetclf._backbone import build_resnet, check_arch, to_torchvision_layout
+from resnetclf._base import ResNetFineTuneBase
 from resnetclf._checkpoint import read_safetensors, safetensors_bytes, write_atomic
 from resnetclf._estimator import ResNetFineTuneClassifier
 from resnetclf._model_json import FITTED_TAGS, PARAM_TAGS, from_json, parse, to_json
+from resnetclf._regressor import ResNetFineTuneRegressor
 from resnetclf._version import __version__
 
 __all__ = ["METADATA_KEY", "WEIGHTS_FILE", "load_model", "save_model"]
@@ -63,10 +65,22 @@ def _records(history) -> bool:
     )
 
 
+def _values(v, n: int | None = None, positive: bool = False) -> bool:
+    """A 1-D float64 array of finite values (of ``n``, all > 0 if asked)."""
+    return (
+        isinstance(v, np.ndarray)
+        and v.dtype == np.float64
+        and v.ndim == 1
+        and (n is None or len(v) == n)
+        and bool(np.isfinite(v).all())
+        and (not positive or bool((v > 0).all()))
+    )
+
+
 # What predict, score and a warm start read (set by _set_fitted and the input
-# checks), each with what its value must be.
+# checks), each with what its value must be: those of every estimator, then
+# each estimator's own (what its outputs stand for).
 _FITTED = {
-    "classes_": lambda v: isinstance(v, np.ndarray) and len(set(v)) == len(v) > 1,
     "n_features_in_": _count,
     "feature_names_in_": lambda v: isinstance(v, np.ndarray),
     "image_shape_": lambda v: _tuple(v, 3, lambda d: _count(d) and d > 0),
@@ -80,14 +94,29 @@ _FITTED = {
     "best_score_": lambda v: v is None or type(v) is float,
     "n_trainable_params_": _count,
     "device_": lambda v: isinstance(v, torch.device),
-    "_multi_label": lambda v: type(v) is bool,
 }
+_OUTPUTS = {
+    ResNetFineTuneClassifier: {
+        "classes_": lambda v: isinstance(v, np.ndarray) and len(set(v)) == len(v) > 1,
+        "_multi_label": lambda v: type(v) is bool,
+    },
+    ResNetFineTuneRegressor: {
+        "n_outputs_": lambda v: _count(v) and v > 0,
+        "_target_mean": _values,
+        "_target_scale": lambda v: _values(v, positive=True),
+    },
+}
+_ESTIMATORS = {cls.__name__: cls for cls in _OUTPUTS}
 # Absent from fits without feature names; an absent _multi_label reads False,
 # as the estimator itself reads it.
 _OPTIONAL = {"feature_names_in_", "_multi_label"}
 
 
-def save_model(estimator: ResNetFineTuneClassifier, path: str | os.PathLike) -> Path:
+def _fitted_checks(cls: type) -> dict:
+    return {**_FITTED, **_OUTPUTS[cls]}
+
+
+def save_model(estimator: ResNetFineTuneBase, path: str | os.PathLike) -> Path:
     """Save a fitted estimator to a folder that loads without running code.
 
     The folder gets one file, ``model.safetensors``: the network's tensors in
@@ -100,7 +129,7 @@ def save_model(estimator: ResNetFineTuneClassifier, path: str | os.PathLike) -> 
 
     Parameters
     ----------
-    estimator : ResNetFineTuneClassifier
+    estimator : ResNetFineTuneClassifier or ResNetFineTuneRegressor
         A fitted estimator.
     path : str or path
         The folder (created if needed; its file is replaced atomically).
@@ -113,27 +142,29 @@ def save_model(estimator: ResNetFineTuneClassifier, path: str | os.PathLike) -> 
     Raises
     ------
     TypeError
-        If ``estimator`` is not a ResNetFineTuneClassifier.
+        If ``estimator`` is not one of the library's estimators.
     sklearn.exceptions.NotFittedError
         If it is not fitted.
     ValueError
         If a value has no form in the file, or ``path`` is a file.
     """
-    if not isinstance(estimator, ResNetFineTuneClassifier):
+    if type(estimator) not in _OUTPUTS:
         raise TypeError(
-            "save_model stores a ResNetFineTuneClassifier; got "
-            f"{type(estimator).__name__}"
+            "save_model stores a ResNetFineTuneClassifier or a "
+            f"ResNetFineTuneRegressor; got {type(estimator).__name__}"
         )
     check_is_fitted(estimator)
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"path must be a folder; '{folder}' is a file")
     attributes = vars(estimator)
-    missing = [n for n in _FITTED if n not in attributes and n not in _OPTIONAL]
+    checks = _fitted_checks(type(estimator))
+    missing = [n for n in checks if n not in attributes and n not in _OPTIONAL]
     if missing:
         raise ValueError(f"cannot save: the fitted estimator lacks {missing}")
     # Everything is encoded first, so a refusal leaves nothing written.
     settings = {
+        "estimator": type(estimator).__name__,
         "versions": {
             "resnetclf": __version__,
             "scikit-learn": sklearn.__version__,
@@ -146,7 +177,7 @@ def save_model(estimator: ResNetFineTuneClassifier, path: str | os.PathLike) -> 
         },
         "fitted": {
             name: _encoded(attributes[name], FITTED_TAGS, f"attribute {name!r}")
-            for name in _FITTED
+            for name in checks
             if name in attributes
         },
     }
@@ -163,7 +194,7 @@ def _encoded(value, tags: frozenset, where: str):
         raise ValueError(f"cannot save {where}: {exc}; {_PICKLE_HINT}") from exc
 
 
-def load_model(path: str | os.PathLike) -> ResNetFineTuneClassifier:
+def load_model(path: str | os.PathLike) -> ResNetFineTuneBase:
     """Load an estimator saved by :func:`save_model`, without running code.
 
     Nothing is unpickled or downloaded: safetensors checks the file's header
@@ -179,8 +210,9 @@ def load_model(path: str | os.PathLike) -> ResNetFineTuneClassifier:
 
     Returns
     -------
-    estimator : ResNetFineTuneClassifier
-        Fitted; the network is on the CPU and moves to ``device`` to predict.
+    estimator : ResNetFineTuneClassifier or ResNetFineTuneRegressor
+        The saved one's class, fitted; the network is on the CPU and moves to
+        ``device`` to predict.
 
     Raises
     ------
@@ -219,15 +251,22 @@ def load_model(path: str | os.PathLike) -> ResNetFineTuneClassifier:
     return estimator
 
 
-def _decode(settings) -> tuple[ResNetFineTuneClassifier, dict]:
-    """The estimator of the saved parameters, validated, and the fitted
-    attributes."""
-    if type(settings) is not dict or set(settings) != {"versions", "params", "fitted"}:
-        raise ValueError("the settings must be an object of versions, params, fitted")
-    names = set(ResNetFineTuneClassifier().get_params(deep=False))
+def _decode(settings) -> tuple[ResNetFineTuneBase, dict]:
+    """The estimator of the saved class and parameters, validated, and the
+    fitted attributes."""
+    keys = {"estimator", "versions", "params", "fitted"}
+    if type(settings) is not dict or set(settings) != keys:
+        raise ValueError(f"the settings must be an object of {sorted(keys)}")
+    cls = _ESTIMATORS.get(settings["estimator"])
+    if cls is None:
+        raise ValueError(
+            f"estimator must be one of {sorted(_ESTIMATORS)}, "
+            f"got {str(settings['estimator'])[:40]!r}"
+        )
+    names = set(cls().get_params(deep=False))
     for what, known, optional in [
         ("params", names, set()),
-        ("fitted", set(_FITTED), _OPTIONAL),
+        ("fitted", set(_fitted_checks(cls)), _OPTIONAL),
     ]:
         given = settings[what]
         if type(given) is not dict:
@@ -238,7 +277,7 @@ def _decode(settings) -> tuple[ResNetFineTuneClassifier, dict]:
                 f"{what}: unknown {sorted(unknown)[:5]}, missing {sorted(missing)[:5]}"
             )
     params = {k: from_json(v, PARAM_TAGS) for k, v in settings["params"].items()}
-    estimator = ResNetFineTuneClassifier(**params)
+    estimator = cls(**params)
     # The estimator's own checks, as fit makes them; arch must name a builder.
     estimator._validate_params()
     check_arch(estimator.arch)
@@ -248,11 +287,12 @@ def _decode(settings) -> tuple[ResNetFineTuneClassifier, dict]:
 
 
 def _check_fitted(
-    estimator: ResNetFineTuneClassifier, fitted: dict, state_dict: dict
+    estimator: ResNetFineTuneBase, fitted: dict, state_dict: dict
 ) -> None:
     """The one place a loaded model is checked whole: the fitted attributes
     against their types, each other and the tensors."""
-    wrong = [name for name, value in fitted.items() if not _FITTED[name](value)]
+    checks = _fitted_checks(type(estimator))
+    wrong = [name for name, value in fitted.items() if not checks[name](value)]
     if wrong:
         raise ValueError(f"fitted attributes of the wrong type or value: {wrong}")
     shape, names = fitted["image_shape_"], fitted.get("feature_names_in_")
@@ -262,9 +302,16 @@ def _check_fitted(
         raise ValueError("n_features_in_ disagrees with image_shape_ or feature names")
     if shape[2] not in (1, fitted["_model_channels"]):
         raise ValueError("image_shape_'s channels disagree with _model_channels")
-    # Exactly the tensors arch, head and classes build: the head's outputs for
-    # these classes, conv1 for RGB (torchvision's layout).
-    classes = fitted["classes_"]
+    if "n_outputs_" in fitted and not all(
+        len(fitted[name]) == fitted["n_outputs_"]
+        for name in ("_target_mean", "_target_scale")
+    ):
+        raise ValueError("the targets' standardisation disagrees with n_outputs_")
+    # Exactly the tensors arch, head and outputs build: the head's outputs for
+    # these classes (or values), conv1 for RGB (torchvision's layout).
+    classes = fitted.get("classes_")
+    if classes is None:
+        classes = np.arange(fitted["n_outputs_"])
     with torch.device("meta"):
         expected = build_resnet(
             estimator.arch, None, len(classes), 3, head=estimator.head, classes=classes
@@ -279,5 +326,5 @@ def _check_fitted(
     if wrong:
         raise ValueError(
             f"its tensors do not fit arch={estimator.arch!r} with {len(classes)} "
-            f"classes: {len(wrong)} differ, {', '.join(wrong[:3])}"
+            f"outputs: {len(wrong)} differ, {', '.join(wrong[:3])}"
         )

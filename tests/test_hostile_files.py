@@ -443,11 +443,11 @@ def test_any_json_value_anywhere_loads_or_gives_a_value_error(
         ('"arch": "resnet18"', '"arch": {"path": "/tmp/evil.py"}', "arch"),
         ('"arch": "resnet18"', '"arch": "resnet34"', "do not fit arch='resnet34'"),
         (
-            '{"versions": ',
-            '{"weights": {"file": "../../etc/passwd"}, "versions": ',
+            '"versions": ',
+            '"weights": {"file": "../../etc/passwd"}, "versions": ',
             "settings must be an object",
         ),
-        ('{"versions": ', '{"loader": "pickle", "versions": ', "settings must be"),
+        ('"versions": ', '"loader": "pickle", "versions": ', "settings must be"),
         (
             '"normalization": {"tuple": [0.5, 0.5]}',
             '"normalization": {"tuple": [0.5, 0.5], "mmap": true}',
@@ -464,7 +464,11 @@ def test_any_json_value_anywhere_loads_or_gives_a_value_error(
         ('["<i8", [0, 1, 2]]', '["<M8[s]", [0, 1, 2]]', "dtype"),
         ('["<i8", [0, 1, 2]]', '["|u1", [0, 1, 2]]', ""),
         ('["<i8", [0, 1, 2]]', '["<U999", ' + str([0] * 10**6) + "]", "too large"),
-        ('{"versions": ', '{"estimator": "Pipeline", "versions": ', "settings must"),
+        (
+            '"estimator": "ResNetFineTuneClassifier"',
+            '"estimator": "Pipeline"',
+            "estimator must be one of",
+        ),
     ],
     ids=[
         "5000-digits",

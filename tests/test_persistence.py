@@ -15,7 +15,12 @@ import torchvision
 from sklearn.exceptions import NotFittedError
 
 from conftest import model_settings, rewrite_model, small_classifier
-from resnetclf import ResNetFineTuneClassifier, load_model, save_model
+from resnetclf import (
+    ResNetFineTuneClassifier,
+    ResNetFineTuneRegressor,
+    load_model,
+    save_model,
+)
 from resnetclf._checkpoint import save_state_dict_atomic
 from resnetclf._persistence import METADATA_KEY, WEIGHTS_FILE
 
@@ -129,7 +134,8 @@ def test_the_metadata_says_what_it_holds(saved):
         assert set(file.metadata()) == {"format", METADATA_KEY}
         assert file.metadata()["format"] == "pt"
     document = model_settings(folder)
-    assert set(document) == {"versions", "params", "fitted"}
+    assert set(document) == {"estimator", "versions", "params", "fitted"}
+    assert document["estimator"] == "ResNetFineTuneClassifier"
     assert document["versions"]["torch"] == torch.__version__
     assert document["params"]["arch"] == "resnet18"
     assert document["params"]["normalization"] == {"tuple": [0.5, 0.5]}
@@ -234,7 +240,7 @@ def test_what_json_cannot_hold_is_refused_before_writing(
 def test_save_refuses_unfitted_foreign_and_file_targets(fitted, tmp_path):
     with pytest.raises(NotFittedError):
         save_model(small_classifier(), tmp_path / "a")
-    with pytest.raises(TypeError, match="ResNetFineTuneClassifier"):
+    with pytest.raises(TypeError, match="ResNetFineTuneRegressor"):
         save_model(object(), tmp_path / "b")
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
@@ -338,7 +344,11 @@ def test_weights_of_another_network_are_refused(copy_of_saved):
     [
         (lambda d: d.update(format="sklearn-onnx"), "settings must be an object"),
         (lambda d: d.pop("versions"), "settings must be an object"),
-        (lambda d: d.update(estimator="MLPClassifier"), "settings must be an object"),
+        (lambda d: d.update(estimator="MLPClassifier"), "estimator must be one of"),
+        (
+            lambda d: d.update(estimator="ResNetFineTuneRegressor"),
+            r"params: unknown \['class_weight', 'label_smoothing'\]",
+        ),
         (lambda d: d["params"].update(max_iter="many"), "max_iter"),
         (lambda d: d["params"].update(new_knob=1), "new_knob"),
         (lambda d: d["fitted"].update(predict="x"), "predict"),
@@ -347,7 +357,7 @@ def test_weights_of_another_network_are_refused(copy_of_saved):
         (lambda d: d["fitted"].pop("classes_"), "classes_"),
         (
             lambda d: d["fitted"].update(classes_={"array": ["<i8", [0, 1, 2, 3]]}),
-            "4 classes",
+            "4 outputs",
         ),
         (
             lambda d: d["fitted"].update(classes_={"array": ["|V8", [0, 1, 2]]}),
@@ -369,6 +379,7 @@ def test_weights_of_another_network_are_refused(copy_of_saved):
         "extra-key",
         "missing-key",
         "estimator",
+        "another-estimator",
         "param-type",
         "param-unknown",
         "method-name",
@@ -431,3 +442,23 @@ def test_a_multi_label_fit_roundtrips(tiny_images, tmp_path):
     _check_same_estimator(loaded, clf)
     assert np.array_equal(loaded.predict_proba(X), clf.predict_proba(X))
     assert np.array_equal(loaded.predict(X), clf.predict(X))
+
+
+def test_a_regressor_roundtrips_and_its_standardisation_is_checked(
+    tiny_images, tmp_path
+):
+    X, y = tiny_images
+    values = np.c_[y * 10.0 + 3.0, -y]
+    reg = ResNetFineTuneRegressor(
+        arch="resnet18", weights=None, max_iter=1, batch_size=16, random_state=0
+    ).fit(X, values)
+    loaded = _roundtrip(reg, tmp_path / "model")
+    assert type(loaded) is ResNetFineTuneRegressor
+    _check_same_estimator(loaded, reg)
+    assert np.array_equal(loaded.predict(X), reg.predict(X))
+    _edit_settings(
+        tmp_path / "model",
+        lambda d: d["fitted"].update(_target_scale=d["fitted"]["_target_mean"]),
+    )
+    with pytest.raises(ValueError, match="_target_scale"):
+        load_model(tmp_path / "model")
