@@ -11,11 +11,13 @@ from resnetclf._split import (
     train_val_test_split,
 )
 from resnetclf._version import __version__
+from resnetclf.feature_extractor import ResNetFeatureExtractor
 from resnetclf.heads import DigitSumHead
 from resnetclf.plotting import plot_confident_mistakes, plot_history
 
 __all__ = [
     "DigitSumHead",
+    "ResNetFeatureExtractor",
     "ResNetFineTuneClassifier",
     "ResNetFineTuneRegressor",
     "SplitIndices",
