@@ -11,6 +11,7 @@ from resnetclf._split import (
     train_val_test_split,
 )
 from resnetclf._version import __version__
+from resnetclf.export import export_onnx
 from resnetclf.feature_extractor import ResNetFeatureExtractor
 from resnetclf.heads import DigitSumHead
 from resnetclf.plotting import plot_confident_mistakes, plot_history
@@ -23,6 +24,7 @@ __all__ = [
     "SplitIndices",
     "SplitInfo",
     "WeightsUnavailableError",
+    "export_onnx",
     "load_model",
     "plot_confident_mistakes",
     "plot_history",
