@@ -53,7 +53,7 @@ def export_onnx(
     The graph takes a batch of images as ``predict_proba`` would get them,
     in one layout and dtype fixed here, any number of images at a time, and
     returns their probabilities (float32, columns following ``classes_``),
-    which match ``predict_proba``'s at ``precision="fp32"`` to about 1e-6.
+    which match ``predict_proba``'s at ``precision="fp32"`` to a few 1e-6.
     Inside it: uint8 divided by 255, the layout turned into the network's,
     grayscale fed to the folded one-channel stem, or repeated to three
     channels when the normalisation differs per channel (ImageNet's), and
