@@ -131,12 +131,19 @@ def export_onnx(
 
 
 def _check_onnx_tools() -> None:
-    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    missing = [name for name in ONNX_PACKAGES if not _installed(name)]
     if missing:
         raise ImportError(
             f"export_onnx needs {' and '.join(missing)}: pip install "
             '"resnetclf[onnx]" (onnx, onnxscript, and onnxruntime to run the file)'
         )
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken or blocked installation
+        return False
 
 
 def _check_writable(path: Path) -> None:

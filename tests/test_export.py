@@ -144,7 +144,8 @@ def _batch_as_constant(feature_channels, classes):
     return _BatchAsConstant(feature_channels, len(classes))
 
 
-def test_refusals_before_the_file_is_touched(gray_clf, rgb_clf, tmp_path):
+def test_refusals_before_the_file_is_touched(gray_clf, rgb_clf, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_module, "ONNX_PACKAGES", ())  # with or without
     target = tmp_path / "m.onnx"
     target.write_bytes(b"old")
     with pytest.raises(NotFittedError):
@@ -169,6 +170,7 @@ def test_a_network_the_exporter_fails_on_is_refused(gray_clf, tmp_path, monkeypa
     def failing(*args, **kwargs):
         raise RuntimeError("an operator it does not know\nmore detail")
 
+    monkeypatch.setattr(export_module, "ONNX_PACKAGES", ())  # with or without
     monkeypatch.setattr(export_module.torch.onnx, "export", failing)
     with pytest.raises(ValueError, match="RuntimeError: an operator it does not"):
         export_onnx(gray_clf, tmp_path / "m.onnx")
@@ -200,7 +202,8 @@ def test_export_command(gray_clf, tmp_path, capsys):
     _check_parity(gray_clf, out, NEW_GRAY, "NHW", "float32")
 
 
-def test_export_command_refuses_in_one_line(gray_clf, tmp_path, capsys):
+def test_export_command_refuses_in_one_line(gray_clf, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(export_module, "ONNX_PACKAGES", ())  # with or without
     assert main(["export", "--model", str(tmp_path), "--out", "m.onnx"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "could not load the model" in err
@@ -212,3 +215,8 @@ def test_export_command_refuses_in_one_line(gray_clf, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main([*argv, "--input-layout", "NWHC"])
     assert exited.value.code == 2
+    capsys.readouterr()
+    monkeypatch.setattr(export_module, "ONNX_PACKAGES", ("no_such_package_here",))
+    assert main(["export", "--model", str(folder), "--out", "m.onnx"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "resnetclf[onnx]" in err
