@@ -16,7 +16,7 @@ from sklearn.exceptions import NotFittedError
 from torch import nn
 
 import resnetclf.export as export_module
-from conftest import small_classifier
+from conftest import assert_same_state, fitted_state, small_classifier
 from resnetclf import DigitSumHead, save_model
 from resnetclf._deployed import RawImagesToProbabilities
 from resnetclf.cli import main
@@ -75,9 +75,11 @@ def _check_parity(clf, path, images: np.ndarray, layout: str, dtype: str):
 @pytest.mark.parametrize("layout, dtype", [("NHW", "uint8"), ("flat", "float64")])
 def test_gray_model_gives_predict_probas(gray_clf, tmp_path, layout, dtype):
     pytest.importorskip("onnxscript")
+    before = fitted_state(gray_clf)
     path = export_onnx(
         gray_clf, tmp_path / "m.onnx", input_layout=layout, input_dtype=dtype
     )
+    assert_same_state(before, fitted_state(gray_clf))  # exporting changes nothing
     _check_parity(gray_clf, path, NEW_GRAY, layout, dtype)
 
 
