@@ -6,7 +6,8 @@ a deployed model must do the same inside its graph. The module here does it
 in the same order and with the same arithmetic: the raw values to float32,
 the layout to ``(N, C, H, W)``, a grayscale image repeated to three channels
 when the stem is not folded, then ``x * (scale / std) - mean / std``; then
-the network and a softmax.
+the network, and the task's activation: a softmax over the classes, or a
+sigmoid per label for a multi-label model.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ class RawImagesToProbabilities(nn.Module):
         The normalisation, three values each.
     model_channels : int
         Channels of the network's stem: 1 (folded grayscale) or 3.
+    multi_label : bool, default=False
+        One sigmoid per label (a multi-label model) instead of a softmax over
+        the classes.
     """
 
     def __init__(
@@ -102,9 +106,11 @@ class RawImagesToProbabilities(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         model_channels: int,
+        multi_label: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
+        self.multi_label = multi_label
         self.layout = layout
         self.image_shape = tuple(int(s) for s in image_shape)
         self.model_channels = model_channels
@@ -129,4 +135,7 @@ class RawImagesToProbabilities(nn.Module):
             # Grayscale normalised differently per channel: an RGB stem.
             x = x.expand(-1, self.model_channels, -1, -1)
         x = x * self.multiplier + self.shift
-        return torch.softmax(self.model(x), dim=1)
+        logits = self.model(x)
+        if self.multi_label:
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=1)

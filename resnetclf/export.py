@@ -52,16 +52,18 @@ def export_onnx(
 
     The graph takes a batch of images as ``predict_proba`` would get them,
     in one layout and dtype fixed here, any number of images at a time, and
-    returns their probabilities (float32, columns following ``classes_``),
-    which match ``predict_proba``'s at ``precision="fp32"`` to a few 1e-6.
-    Inside it: uint8 divided by 255, the layout turned into the network's,
-    grayscale fed to the folded one-channel stem, or repeated to three
-    channels when the normalisation differs per channel (ImageNet's), and
-    the normalisation. The graph's metadata (``metadata_props``) hold
-    ``classes`` (a JSON list: the label of each column), ``input_layout``,
-    ``input_dtype``, ``image_shape``, ``normalization`` and the resnetclf
-    version. Traced with torch's ONNX exporter (``dynamo=True``); the file
-    is written atomically.
+    returns their probabilities (float32, columns following ``classes_``:
+    a softmax over the classes, or a sigmoid per label for a model fitted on
+    a label-indicator ``y``), which match ``predict_proba``'s at
+    ``precision="fp32"`` to a few 1e-6. Inside it: uint8 divided by 255,
+    the layout turned into the network's, grayscale fed to the folded
+    one-channel stem, or repeated to three channels when the normalisation
+    differs per channel (ImageNet's), and the normalisation. The graph's
+    metadata (``metadata_props``) hold ``classes`` (a JSON list: the label
+    of each column), ``output`` (``"softmax"`` or ``"sigmoid"``),
+    ``input_layout``, ``input_dtype``, ``image_shape``, ``normalization``
+    and the resnetclf version. Traced with torch's ONNX exporter
+    (``dynamo=True``); the file is written atomically.
 
     Parameters
     ----------
@@ -124,10 +126,16 @@ def export_onnx(
         mean,
         std,
         estimator.module_.conv1.in_channels,
+        multi_label=_multi_label(estimator),
     ).eval()
     model = _traced(module, layout, image_shape, dtype, opset_version)
     _describe(model, estimator, layout, dtype)
     return write_atomic(path, model.SerializeToString())
+
+
+def _multi_label(estimator: ResNetFineTuneClassifier) -> bool:
+    """Whether the classifier was fitted on a label-indicator ``y``."""
+    return bool(getattr(estimator, "_multi_label", False))
 
 
 def _check_onnx_tools() -> None:
@@ -201,6 +209,8 @@ def _describe(model, estimator, layout: str, dtype: str) -> None:
     mean, std = estimator._normalization_stats
     entries = {
         "classes": json.dumps(estimator.classes_.tolist(), default=str),
+        # softmax: one class per image; sigmoid: each label on its own.
+        "output": "sigmoid" if _multi_label(estimator) else "softmax",
         "input_layout": layout,
         "input_dtype": dtype,
         "image_shape": json.dumps([int(s) for s in estimator.image_shape_]),

@@ -97,6 +97,7 @@ def test_rgb_model_gives_predict_probas_and_names_classes(
     assert json.loads(metadata["classes"]) == ["cat", "dog"]
     assert json.loads(metadata["image_shape"]) == [16, 16, 3]
     assert metadata["input_dtype"] == dtype
+    assert metadata["output"] == "softmax"
 
 
 def test_gray_images_under_imagenet_statistics_feed_an_rgb_stem(tmp_path):
@@ -114,6 +115,17 @@ def test_digit_sum_head_exports(tmp_path):
     path = export_onnx(clf, tmp_path / "m.onnx")
     new = RNG.randint(0, 256, size=(5, 12, 24), dtype=np.uint8)
     _check_parity(clf, path, new, "NHW", "uint8")
+
+
+def test_multi_label_model_gives_sigmoid_probabilities(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    Y = np.stack([np.arange(24) % 2, np.arange(24) % 3 == 0], axis=1).astype(int)
+    clf = _fitted(GRAY, Y)
+    path = export_onnx(clf, tmp_path / "m.onnx")
+    _check_parity(clf, path, NEW_GRAY, "NHW", "uint8")
+    metadata = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert metadata["output"] == "sigmoid"
 
 
 def test_the_module_traced_is_predict_proba(gray_clf, rgb_clf):
