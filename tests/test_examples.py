@@ -36,6 +36,8 @@ LAST_WORDS = {
     "plot_dask_grid_search.py": "test accuracy of the best model:",
     "plot_merged_dataset.py": "the loaded model gives the same probabilities: True",
     "plot_digit_sums.py": "digits read right:",
+    "plot_feature_extractor.py": "test accuracy of the best C:",
+    "plot_calibration.py": "calibrated with:",
 }
 
 
