@@ -39,6 +39,7 @@ from resnetclf._acceleration.devices import (
     resolve_device,
 )
 from resnetclf._acceleration.frozen_features import FeatureBatches, features_suffice
+from resnetclf._augment import resolve_augmentation
 from resnetclf._backbone import (
     build_resnet,
     rebuilt_network,
@@ -52,6 +53,7 @@ from resnetclf._fit_setup import (
     check_kept_network,
     check_new_network,
     check_writable,
+    probe_augmentation,
     restored_on_error,
     torch_seeded,
     training_parts,
@@ -80,6 +82,7 @@ from resnetclf._sample_weights import (
 from resnetclf._schedules import SCHEDULES, EpochSchedule
 from resnetclf._scoring import EpochScorer
 from resnetclf._tasks import Task
+from resnetclf._test_time import ViewSettings
 from resnetclf._training import (
     BestWeights,
     EpochLoop,
@@ -119,8 +122,20 @@ class ResNetFineTuneBase(BaseEstimator):
         "optimizer": [StrOptions(set(OPTIMIZERS))],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "rotation_degrees": [Interval(Real, 0, 180, closed="both")],
+        "augmentation": [StrOptions({"rotation", "photo"}), None, callable],
+        "mixup_alpha": [Interval(Real, 0, None, closed="left")],
+        "cutmix_alpha": [Interval(Real, 0, None, closed="left")],
         "normalization": [StrOptions({"imagenet"}), tuple, list],
         "image_shape": [tuple, list, None],
+        # A size's content is checked in resolve_input_size.
+        "input_size": [
+            Interval(Integral, 1, None, closed="left"),
+            tuple,
+            list,
+            StrOptions({"auto"}),
+            None,
+        ],
+        "tta": [Interval(Integral, 1, None, closed="left"), None],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "early_stopping": ["boolean"],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
@@ -223,6 +238,7 @@ class ResNetFineTuneBase(BaseEstimator):
                     "early_stopping=True needs validation data: pass X_val and "
                     "y_val or a validation_fraction > 0"
                 )
+            probe_augmentation(plan.augmentation, parts.train)
             if self.checkpoint_path is not None:
                 check_writable(self.checkpoint_path)
         # All checks passed: from here on, work is done.
@@ -245,6 +261,12 @@ class ResNetFineTuneBase(BaseEstimator):
             X, y, reset=not warm, expected=self.image_shape_ if warm else None
         )
         task = self._make_task(y)
+        mixes = self.mixup_alpha > 0 or self.cutmix_alpha > 0
+        if mixes and not hasattr(task, "mixed_loss"):
+            raise ValueError(
+                "mixup_alpha and cutmix_alpha are not available for the targets "
+                f"of a {type(task).__name__} task: leave them at 0"
+            )
         outputs, targets = task.encode(y, self._output_labels() if warm else None)
         class_weights = self._class_weights(outputs, y)
         weights = combined_sample_weight(sample_weight, class_weights, X, targets)
@@ -274,7 +296,11 @@ class ResNetFineTuneBase(BaseEstimator):
             check_kept_network(self.module_, channels, self.head, data.classes)
         else:
             check_new_network(
-                self, plan, data.classes, channels, image_size=layout.image_shape[:2]
+                self,
+                plan,
+                data.classes,
+                channels,
+                image_size=plan.input_shape(layout.height, layout.width),
             )
 
     def _initial_module(
@@ -338,7 +364,7 @@ class ResNetFineTuneBase(BaseEstimator):
         forward = compiled_forward(model, self.torch_compile)
         trainable = trainable_stages(plan.stage_lrs)
         if features_suffice(
-            model, trainable, plan.rotation_degrees, self.ema_decay, self.torch_compile
+            model, trainable, plan.augments, self.ema_decay, self.torch_compile
         ):
             # Only the head trains on fixed images: read it features, not images.
             parts = parts.on_features(
@@ -427,6 +453,9 @@ class ResNetFineTuneBase(BaseEstimator):
     ) -> None:
         self._set_fitted_outputs(data)
         self.image_shape_ = data.train.layout.image_shape
+        self.input_size_ = plan.input_shape(*self.image_shape_[:2])
+        views = ViewSettings.after(plan.augmentation)
+        self._tta_flips, self._tta_degrees = views.flips, views.degrees
         self._model_channels = loop.parts.model_channels
         self._normalization_stats = (plan.mean, plan.std)
         # Ready for inference, so that predict changes nothing about it.
@@ -490,19 +519,39 @@ class ResNetFineTuneBase(BaseEstimator):
     def _logits(self, X) -> torch.Tensor:
         return self._outputs(X, lambda model: model)
 
-    def _outputs(self, X, forward_of) -> torch.Tensor:
+    def _view_logits(self, X) -> torch.Tensor:
+        """The logits of ``tta`` test-time views of images ``X``:
+        ``(n_views, n_samples, n_outputs)``."""
+        check_is_fitted(self)
+        if hasattr(self, "_tta_flips"):
+            views = ViewSettings(self._tta_flips, self._tta_degrees)
+        else:  # a model saved before test-time views: its parameters say
+            augmentation = resolve_augmentation(
+                self.augmentation, self.rotation_degrees
+            )
+            views = ViewSettings.after(augmentation)
+        return self._outputs(X, lambda model: model, views.views_of(self.tta))
+
+    def _outputs(self, X, forward_of, views=None) -> torch.Tensor:
         """``forward_of(model)`` applied to images ``X`` in batches on the
-        device, as a float32 CPU tensor."""
+        device, at the fitted ``input_size_``, as a float32 CPU tensor; with
+        ``views`` (a batch's test-time views), one per view, stacked."""
         check_is_fitted(self)
         X, _, layout = self._validate_images(X, expected=self.image_shape_)
         device = resolve_device(self.device)
         model = module_on(self.module_, device)
         mean, std = self._normalization_stats
-        images = ImageBatches(X, layout, device, mean, std, self._model_channels)
+        # A model fitted before input_size took its images as they were.
+        height, width = getattr(self, "input_size_", self.image_shape_[:2])
+        images = ImageBatches(
+            X, layout, device, mean, std, self._model_channels, size=(height, width)
+        )
         amp_dtype = amp_dtype_for(device, self.precision)
         inference_model = model
-        height, width, _ = self.image_shape_
-        if device.type == "cpu" and worth_folding(model, len(images), height, width):
+        n_views = 1 if views is None else len(views)
+        if device.type == "cpu" and worth_folding(
+            model, n_views * len(images), height, width
+        ):
             # Measured on CPUs only; on CUDA the graphs below take the launches.
             inference_model = folded_for_inference(model)
         with (
@@ -512,11 +561,11 @@ class ResNetFineTuneBase(BaseEstimator):
                 inference_model,
                 device,
                 self.batch_size,
-                evaluation_batches=len(images) // self.batch_size,
+                evaluation_batches=n_views * (len(images) // self.batch_size),
             ) as forward,
         ):
             return predict_logits(
-                forward, inference_model, images, self.batch_size, amp_dtype
+                forward, inference_model, images, self.batch_size, amp_dtype, views
             )
 
     # ---------------------------------------------------------- persistence

@@ -123,7 +123,10 @@ class ResNetFineTuneClassifier(
     rotation_degrees : float, default=10.0
         Training images are rotated by a random angle in ``[-rotation_degrees,
         rotation_degrees]``, a batch at a time on the device, corners filled
-        with black. 0 turns augmentation off.
+        with black: the ``"rotation"`` augmentation's angle, and the rotation
+        ``"photo"`` adds to its crop and flip. 0 turns rotation off (and with
+        ``augmentation="rotation"``, augmentation). Ignored with
+        ``augmentation`` None or a callable.
     normalization : "imagenet" or tuple (mean, std), default=(0.5, 0.5)
         Statistics applied after scaling pixels to [0, 1]; ``mean`` and ``std``
         are floats or sequences of 3 floats. ``"imagenet"`` uses ImageNet's.
@@ -223,6 +226,74 @@ class ResNetFineTuneClassifier(
         end of ``fit`` the adapters are merged into plain weights, so
         ``module_``, checkpoints and pickles are a plain torchvision ResNet.
         At most ``min(out, in * kh * kw)`` of the smallest adapted layer.
+    input_size : None, int, tuple (height, width) or "auto", default=None
+        The size images enter the network at. They are resized a batch at a
+        time on the device (bilinear, antialiased when shrinking), after
+        scaling to [0, 1] and before augmentation, in ``fit`` (training and
+        validation) and in everything that predicts; nothing is cropped.
+        None keeps the images' own size, resizing nothing. An int is the
+        short side, the aspect ratio kept (a 40x168 strip at 80 becomes
+        80x336); a pair is exactly that size. ``"auto"`` is the short side
+        the pretrained weights were evaluated at (224 for torchvision's
+        ResNets); ``fit`` refuses it with ``weights=None`` or a file, which
+        carry no resolution. Pretrained weights see small images best
+        brought towards their resolution (see the user guide's "Your own
+        photos"); the cost of a pass grows with the pixels. The size used is
+        ``input_size_``.
+    augmentation : {"rotation", "photo"}, None or callable, default="rotation"
+        How training images are augmented, each image with its own random
+        draw from the fit's generator (seeded by ``random_state``), a batch
+        at a time on the device, after resizing; validation and prediction
+        images never are. ``"rotation"``: a rotation of up to
+        ``rotation_degrees`` (the digits' recipe). ``"photo"``, for
+        photographs: a random resized crop (35 to 100% of the area, its
+        aspect ratio within 3/4 to 4/3 of the image's), a horizontal flip
+        with probability 1/2, a rotation of up to ``rotation_degrees``, and
+        brightness, contrast and saturation jitter of up to 40%; not for
+        images whose mirror image is another class (digits, text). None: no
+        augmentation. A callable ``f(batch, generator) -> batch``: ``batch``
+        is a fresh float32 tensor ``(N, C, H, W)`` on the device, values in
+        [0, 1] (scaled, resized to ``input_size``, in the images' own
+        channels, 1 for grayscale, not normalised), which it may change in
+        place; ``generator`` is the fit's :class:`torch.Generator` on that
+        device: draw every random value from it, per image
+        (``torch.rand(N, generator=generator, device=batch.device)``), for
+        fits that repeat. It returns a tensor of the same shape, dtype and
+        device, values in [0, 1]. ``fit`` runs it on two training images
+        before training and checks its every output: another shape, dtype or
+        device is a ValueError. Like a callable ``arch``, a model trained
+        with one is kept with pickle, not ``save_model``.
+    mixup_alpha : float, default=0.0
+        MixUp: each training batch is blended with a shuffled copy of
+        itself, ``lam * x_i + (1 - lam) * x_j`` with ``lam ~ Beta(mixup_alpha,
+        mixup_alpha)`` once per batch, after augmentation; the loss is the
+        same mixture of the two images' losses (for multi-label ``y``, the
+        loss against the targets mixed alike). 0 turns it off; 0.2 to 1 are
+        common. With ``cutmix_alpha`` as well, each batch gets one or the
+        other, with probability 1/2. ``history_``'s ``train_loss`` is then
+        the mixed loss, and ``train_accuracy`` scores each mixed image
+        against the labels of the image that dominates it (its own when
+        ``lam >= 0.5``, else its partner's).
+    cutmix_alpha : float, default=0.0
+        CutMix: a box of a shuffled partner image is pasted into each
+        training image, the same box for the batch, covering about ``1 -
+        lam`` of it with ``lam ~ Beta(cutmix_alpha, cutmix_alpha)`` once per
+        batch; the loss as with ``mixup_alpha``, ``lam`` being the share not
+        pasted over. 0 turns it off; 1 is common.
+    tta : int or None, default=None
+        Test-time augmentation: ``predict_proba`` averages the probabilities
+        of this many fixed views of each image, and ``predict`` takes their
+        argmax (multi-label: each probability above 1/2). The views, in
+        order: the image itself; its mirror image, only after training that
+        flipped (``augmentation="photo"``); two rotations by +-``d`` degrees,
+        ``d = min(5, rotation_degrees)``, only after training that rotated
+        (``"rotation"`` or ``"photo"``); four shifts by 1/16 of the short
+        side, diagonally; after ``"photo"``, the mirror image's rotations and
+        shifts. That is up to 14 views after ``"photo"``, 7 after
+        ``"rotation"``, 5 otherwise; more is a ValueError. Each view costs a
+        forward pass, and each image's views depend on it alone. None (the
+        image alone) is the default; validation in ``fit`` always uses the
+        image alone, and ``tta`` can be changed after fitting.
 
     Attributes
     ----------
@@ -234,6 +305,9 @@ class ResNetFineTuneClassifier(
         Column names of a 2-D ``X`` that had them.
     image_shape_ : tuple of int
         ``(height, width, channels)`` of the images seen in ``fit``.
+    input_size_ : tuple of int
+        ``(height, width)`` the images entered the network at in ``fit``
+        (``input_size`` resolved), and enter it at to predict.
     module_ : torch.nn.Module
         The fitted network (best epoch restored), in evaluation mode.
         ``predict`` never changes it: on another device than its own, it
@@ -314,6 +388,11 @@ class ResNetFineTuneClassifier(
         label_smoothing: float = 0.0,
         ema_decay: float | None = None,
         lora_rank: int | None = None,
+        input_size: int | tuple | str | None = None,
+        augmentation: str | Callable | None = "rotation",
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        tta: int | None = None,
     ) -> None:
         self.arch = arch
         self.weights = weights
@@ -346,6 +425,11 @@ class ResNetFineTuneClassifier(
         self.label_smoothing = label_smoothing
         self.ema_decay = ema_decay
         self.lora_rank = lora_rank
+        self.input_size = input_size
+        self.augmentation = augmentation
+        self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
+        self.tta = tta
 
     # ---------------------------------------------------------- the task
     def _make_task(self, y=None) -> Task:
@@ -384,9 +468,14 @@ class ResNetFineTuneClassifier(
         Returns
         -------
         proba : ndarray of shape (n_samples, n_classes)
-            Rows sum to 1; columns follow ``classes_``.
+            Rows sum to 1; columns follow ``classes_``. With ``tta``, the
+            mean of the views' probabilities.
         """
-        return self._make_task().proba(self._logits(X))
+        task = self._make_task()
+        if self.tta is None:
+            return task.proba(self._logits(X))
+        views = self._view_logits(X)
+        return np.mean([task.proba(logits) for logits in views], axis=0)
 
     def predict(self, X) -> np.ndarray:
         """Predicted class labels of images ``X``.
@@ -399,9 +488,15 @@ class ResNetFineTuneClassifier(
         Returns
         -------
         y_pred : ndarray of shape (n_samples,)
-            Labels from ``classes_``.
+            Labels from ``classes_``; with ``tta``, those of
+            ``predict_proba``'s largest probability.
         """
-        return self._make_task().predict(self._logits(X), self.classes_)
+        if self.tta is None:
+            return self._make_task().predict(self._logits(X), self.classes_)
+        proba = self.predict_proba(X)
+        if getattr(self, "_multi_label", False):
+            return (proba > 0.5).astype(np.int64)
+        return self.classes_[proba.argmax(axis=1)]
 
     def _reads_digits(self) -> bool:
         """Whether the head reads digits: the fitted one, else the one asked for."""

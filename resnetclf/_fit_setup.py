@@ -23,6 +23,7 @@ from sklearn.metrics import check_scoring
 from torch import nn
 
 from resnetclf._acceleration.devices import amp_dtype_for, resolve_device
+from resnetclf._augment import Augmentation, CheckedAugmentation, resolve_augmentation
 from resnetclf._backbone import (
     build_resnet,
     check_arch,
@@ -41,8 +42,10 @@ from resnetclf._param_groups import (
     stage_learning_rates,
     trainable_stages,
 )
+from resnetclf._resize import resolve_input_size, weights_resolution
 from resnetclf._split import random_holdout, stratified_holdout
 from resnetclf._tasks import Task
+from resnetclf._test_time import ViewSettings
 from resnetclf._training import LabelledImages
 from resnetclf._warnings import user_stacklevel
 from resnetclf.heads import resolve_head
@@ -56,6 +59,7 @@ __all__ = [
     "check_kept_network",
     "check_new_network",
     "check_writable",
+    "probe_augmentation",
     "restored_on_error",
     "torch_seeded",
     "training_parts",
@@ -80,7 +84,11 @@ class FitPlan:
     device: torch.device
     amp_dtype: torch.dtype | None  # autocast's dtype; None is fp32
     batch_size: int
-    rotation_degrees: float
+    # input_size with "auto" read off the weights: None, a short side or (h, w)
+    input_size: int | tuple[int, int] | None
+    augmentation: Augmentation | None  # of training batches; None for none
+    mixup_alpha: float
+    cutmix_alpha: float
     early_stopping: bool
     n_iter_no_change: int
     tol: float
@@ -89,13 +97,29 @@ class FitPlan:
         """The stem's input channels for images of ``image_channels``."""
         return model_input_channels(image_channels, self.mean, self.std)
 
+    def input_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The ``(height, width)`` images of this size enter the network at."""
+        return resolve_input_size(self.input_size, (height, width))
+
+    @property
+    def mixes(self) -> bool:
+        """Whether training batches are mixed (MixUp or CutMix)."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+    @property
+    def augments(self) -> bool:
+        """Whether training images differ from one epoch to the next."""
+        return self.augmentation is not None or self.mixes
+
 
 def _plan(estimator) -> FitPlan:
     """The checks ``_parameter_constraints`` cannot express, and the values
     they resolve: an arch by name, the weights, ``layer_lr_decay``'s content
     and its ``"auto"`` (which follows ``weights``), the learning rates against
-    ``freeze_epochs`` and ``max_iter``, the normalisation and the device.
-    Only what the data does not decide."""
+    ``freeze_epochs`` and ``max_iter``, the normalisation, the device,
+    ``input_size`` (its ``"auto"`` follows ``weights`` too), the augmentation
+    and ``tta`` against the views it leaves. Only what the data does not
+    decide."""
     check_arch(estimator.arch)
     weights = resolve_weights(estimator.arch, estimator.weights)
     layer_lr_decay = estimator.layer_lr_decay
@@ -120,6 +144,15 @@ def _plan(estimator) -> FitPlan:
         )
     mean, std = resolve_normalization(estimator.normalization)
     device = resolve_device(estimator.device)
+    input_size = estimator.input_size
+    if isinstance(input_size, str) and input_size == "auto":
+        input_size = weights_resolution(weights)
+    resolve_input_size(input_size, (1, 1))  # refuses a bad size before the data
+    augmentation = resolve_augmentation(
+        estimator.augmentation, estimator.rotation_degrees
+    )
+    if estimator.tta is not None:
+        ViewSettings.after(augmentation).check(estimator.tta)
     return FitPlan(
         weights=weights,
         stage_lrs=stage_lrs,
@@ -128,7 +161,10 @@ def _plan(estimator) -> FitPlan:
         device=device,
         amp_dtype=amp_dtype_for(device, estimator.precision),
         batch_size=estimator.batch_size,
-        rotation_degrees=float(estimator.rotation_degrees),
+        input_size=input_size,
+        augmentation=augmentation,
+        mixup_alpha=float(estimator.mixup_alpha),
+        cutmix_alpha=float(estimator.cutmix_alpha),
         early_stopping=estimator.early_stopping,
         n_iter_no_change=estimator.n_iter_no_change,
         tol=estimator.tol,
@@ -194,18 +230,21 @@ def training_parts(
 
     Without ``X_val``, ``validation_fraction`` of the data is held out,
     stratified when the task's targets are classes; samples keep their
-    weights, normalised over each part.
+    weights, normalised over each part. Both parts' batches come at
+    ``input_size``.
     """
     train = data.train
     channels = plan.model_channels(train.layout.channels)
+    size = plan.input_shape(train.layout.height, train.layout.width)
     images = ImageBatches(
-        train.X, train.layout, plan.device, plan.mean, plan.std, channels
-    )
+        train.X, train.layout, plan.device, plan.mean, plan.std, channels,
+        size=size,
+    )  # fmt: skip
     if data.val is not None:
         val = data.val
         val_images = ImageBatches(
             val.X, val.layout, plan.device, plan.mean, plan.std, channels,
-            name="X_val",
+            name="X_val", size=size,
         )  # fmt: skip
         val_part = LabelledImages(
             val_images, np.arange(len(val.X)), val.targets, val.weights
@@ -278,6 +317,21 @@ def _weighted_part(
         return LabelledImages(images, indices, y_encoded)
     scaled = (weights * (len(part) / part.sum())).astype(np.float32)
     return LabelledImages(images, indices, y_encoded, scaled)
+
+
+def probe_augmentation(augmentation: Augmentation | None, part: LabelledImages) -> None:
+    """Run a user's augmentation once on two training images, before any
+    training, so that one that breaks its contract (a batch of another
+    shape, dtype or device) is refused before work is done.
+
+    The presets need no probe. The probe draws from a generator of its own:
+    the fit's draws stay those of its seed.
+    """
+    if not isinstance(augmentation, CheckedAugmentation) or len(part) == 0:
+        return
+    images = part.images
+    generator = torch.Generator(device=images.device).manual_seed(0)
+    images.get(part.indices[:2], augmentation, generator)
 
 
 def check_before_data(estimator, image_channels: int | None = None) -> FitPlan:

@@ -2,16 +2,16 @@
 
 The data set stays in the array the user passed, in its own dtype (uint8 for the
 merged data set); on a GPU with room for it, one copy in that dtype lives on the
-device. Only one batch at a time is gathered, converted to float, rotated and
-normalised on the device, so memory never holds a float or a three-channel copy
-of the whole data set.
+device. Only one batch at a time is gathered, converted to float, resized,
+augmented and normalised on the device, so memory never holds a float or a
+three-channel copy of the whole data set.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from resnetclf._resize import resize_batch
 from resnetclf._switches import current as switches
 from resnetclf._warnings import user_stacklevel
 
@@ -259,6 +260,10 @@ class ImageBatches:
         (uint8 data is divided by 255; other dtypes are used as they are).
     model_channels : int
         1 for a folded grayscale stem, else 3.
+    size : tuple of (int, int) or None, default=None
+        ``(height, width)`` every batch is resized to (``input_size``
+        resolved), after scaling to [0, 1] and before augmentation and
+        normalisation; None, or the images' own size, resizes nothing.
     resident : bool or None, default=None
         Gather batches from one copy of ``X`` kept on ``device`` (made at the
         first ``get``) rather than from host memory batch by batch. None: on
@@ -280,12 +285,16 @@ class ImageBatches:
         model_channels: int,
         resident: bool | None = None,
         name: str = "X",
+        size: tuple[int, int] | None = None,
     ) -> None:
         warn_if_beyond_unit_range(X, name)
         self.X = X
         self.layout = layout
         self.device = device
         self.model_channels = model_channels
+        own = (layout.height, layout.width)
+        self.size = own if size is None else (int(size[0]), int(size[1]))
+        self._resizes = self.size != own
         channels = model_channels
         mean_t = torch.tensor(mean[:channels], dtype=torch.float32, device=device)
         std_t = torch.tensor(std[:channels], dtype=torch.float32, device=device)
@@ -302,10 +311,40 @@ class ImageBatches:
     def get(
         self,
         indices: np.ndarray,
-        rotation_degrees: float = 0.0,
+        augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+        | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Images ``indices`` as a float32, normalised, channels-last NCHW tensor."""
+        """Images ``indices`` as a float32, normalised, channels-last NCHW tensor.
+
+        ``augment(batch, generator)``, when given, changes the batch scaled
+        to [0, 1] and resized, in its own channels, before normalisation
+        (see :mod:`resnetclf._augment`).
+        """
+        batch = self._float(indices)
+        scale = self._scale
+        if self._resizes or augment is not None:
+            batch = batch * scale
+            scale = 1.0
+            if self._resizes:
+                batch = resize_batch(batch, self.size)
+            if augment is not None:
+                batch = augment(batch, generator)
+        # Without either, scaling rides on the normalisation: one pass fewer.
+        return self._normalised(batch, scale)
+
+    def get_unit(self, indices: np.ndarray) -> torch.Tensor:
+        """Images ``indices`` scaled to [0, 1] and resized, not normalised,
+        in their own channels (for test-time views; :meth:`normalise` them)."""
+        return resize_batch(self._float(indices) * self._scale, self.size)
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch of :meth:`get_unit`'s kind as model input, as :meth:`get`
+        makes it."""
+        return self._normalised(batch, 1.0)
+
+    def _float(self, indices: np.ndarray) -> torch.Tensor:
+        """The raw samples ``indices`` as float32 NCHW, on the device."""
         batch = self._gather(indices)
         layout = self.layout
         if layout.channels_last:
@@ -317,12 +356,10 @@ class ImageBatches:
             batch = batch.reshape(
                 len(indices), layout.channels, layout.height, layout.width
             )
-        batch = batch.to(torch.float32)
-        if rotation_degrees > 0:
-            batch = random_rotate(batch * self._scale, rotation_degrees, generator)
-            scale = 1.0
-        else:
-            scale = self._scale
+        return batch.to(torch.float32)
+
+    def _normalised(self, batch: torch.Tensor, scale: float) -> torch.Tensor:
+        """``batch * scale`` normalised, in the model's channels."""
         if batch.shape[1] != self.model_channels:
             batch = batch.expand(-1, self.model_channels, -1, -1)
         batch = batch * (self._inv_std * scale) + self._shift

@@ -94,6 +94,9 @@ _FITTED = {
     "best_score_": lambda v: v is None or type(v) is float,
     "n_trainable_params_": _count,
     "device_": lambda v: isinstance(v, torch.device),
+    "input_size_": lambda v: _tuple(v, 2, lambda d: _count(d) and d > 0),
+    "_tta_flips": lambda v: type(v) is bool,
+    "_tta_degrees": lambda v: _finite(v) and 0 <= v <= 180,
 }
 _OUTPUTS = {
     ResNetFineTuneClassifier: {
@@ -108,8 +111,15 @@ _OUTPUTS = {
 }
 _ESTIMATORS = {cls.__name__: cls for cls in _OUTPUTS}
 # Absent from fits without feature names; an absent _multi_label reads False,
-# as the estimator itself reads it.
-_OPTIONAL = {"feature_names_in_", "_multi_label"}
+# as the estimator itself reads it; the others are set by fits that resize or
+# take test-time views.
+_OPTIONAL = {
+    "feature_names_in_",
+    "_multi_label",
+    "input_size_",
+    "_tta_flips",
+    "_tta_degrees",
+}
 
 
 def _fitted_checks(cls: type) -> dict:

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.utils.multiclass import check_classification_targets
 
+from resnetclf._mixing import mixed_cross_entropy
+
 __all__ = [
     "MultiLabelClassification",
     "Regression",
@@ -47,6 +49,8 @@ class Task(Protocol):
     def encode_known(self, y, classes: np.ndarray, name: str) -> np.ndarray: ...
 
     def loss(self, outputs, targets, weights, *, training: bool = True): ...
+
+    def mixed_loss(self, outputs, targets, perm, lam, weights): ...
 
     def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
 
@@ -142,6 +146,23 @@ class SingleLabelClassification:
             )
         return weighted_cross_entropy(outputs, targets, weights, reduction="sum")
 
+    def mixed_loss(
+        self,
+        outputs: torch.Tensor,
+        targets: torch.Tensor,
+        perm: torch.Tensor,
+        lam: torch.Tensor,
+        weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The training loss of a batch mixed by MixUp or CutMix: image
+        ``i`` is ``lam`` of itself and ``1 - lam`` of image ``perm[i]``, and
+        its loss is the same mixture of the two labels' (label-smoothed)
+        cross-entropies, each times its image's weight
+        (:func:`~resnetclf._mixing.mixed_cross_entropy`)."""
+        return mixed_cross_entropy(
+            outputs, targets, perm, lam, weights, self.label_smoothing
+        )
+
     def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """1.0 where the top output is the target, per sample (accuracy)."""
         return (outputs.argmax(dim=1) == targets).float()
@@ -216,6 +237,16 @@ class MultiLabelClassification:
         if weights is not None:
             losses = losses * weights
         return losses.mean() if training else losses.sum()
+
+    def mixed_loss(self, outputs, targets, perm, lam, weights):
+        """The training loss of a batch mixed by MixUp or CutMix: the loss
+        against mixed targets ``lam * t_i + (1 - lam) * t_perm[i]``, each
+        sample weighted by ``lam * w_i + (1 - lam) * w_perm[i]``."""
+        # lerp(b, a, lam) = lam * a + (1 - lam) * b
+        targets = torch.lerp(targets[perm], targets, lam)
+        if weights is not None:
+            weights = torch.lerp(weights[perm], weights, lam)
+        return self.loss(outputs, targets, weights)
 
     def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         predicted = (outputs > 0).float()

@@ -21,6 +21,7 @@ from resnetclf._backbone import to_torchvision_layout
 from resnetclf._checkpoint import save_state_dict_atomic
 from resnetclf._images import ImageBatches
 from resnetclf._lora import merged_state_dict
+from resnetclf._mixing import MixedBatch, mix_batch
 from resnetclf._param_groups import StageParamGroups, set_frozen_to_eval
 from resnetclf._progress import ProgressReporter
 from resnetclf._schedules import EpochSchedule
@@ -115,20 +116,33 @@ def predict_logits(
     images: ImageBatches,
     batch_size: int,
     amp_dtype: torch.dtype | None = None,
+    views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
 ) -> torch.Tensor:
-    """Logits for every image, in order, as a float32 CPU tensor."""
+    """Logits for every image, in order, as a float32 CPU tensor.
+
+    With ``views``, a function from a batch in [0, 1] (resized, not
+    normalised) to its test-time views, the logits of each view, stacked:
+    ``(n_views, n_images, n_outputs)``; one forward pass per view.
+    """
     model.eval()
     logits = None
     with _explain_out_of_memory(batch_size):
         for batch in batch_slices(len(images), batch_size, training=False):
-            inputs = images.get(np.arange(batch.start, batch.stop))
-            with autocast_context(images.device, amp_dtype):
-                output = forward(inputs).float()
-            if logits is None:
-                # One buffer for all outputs: no list of pieces to concatenate.
-                logits = torch.empty((len(images), output.shape[1]))
-            logits[batch] = output.cpu()
-    return logits if logits is not None else torch.empty(0, 0)
+            indices = np.arange(batch.start, batch.stop)
+            if views is None:
+                inputs = [images.get(indices)]
+            else:
+                inputs = [images.normalise(v) for v in views(images.get_unit(indices))]
+            for view, view_inputs in enumerate(inputs):
+                with autocast_context(images.device, amp_dtype):
+                    output = forward(view_inputs).float()
+                if logits is None:
+                    # One buffer for all outputs: no list of pieces to concatenate.
+                    logits = torch.empty((len(inputs), len(images), output.shape[1]))
+                logits[view, batch] = output.cpu()
+    if logits is None:
+        return torch.empty(0, 0) if views is None else torch.empty(0, 0, 0)
+    return logits[0] if views is None else logits
 
 
 def module_on(module: nn.Module, device: torch.device) -> nn.Module:
@@ -247,7 +261,7 @@ class EpochLoop:
     task: Task  # the targets' loss and hits
     parts: TrainingParts  # the samples that train and those that validate
     rng: np.random.RandomState  # shuffles the batches
-    generator: torch.Generator  # draws the rotations, on the device
+    generator: torch.Generator  # draws augmentations and mixing, on the device
     best: BestWeights
     reporter: ProgressReporter
     scorer: EpochScorer  # the validation score that picks the best epoch
@@ -358,20 +372,37 @@ class EpochLoop:
         return record
 
     def train_epoch(self, data: LabelledImages) -> tuple[float, float]:
+        """One pass over the training part; its mean loss and measure.
+
+        With MixUp or CutMix the loss is the mixed one, and the measure
+        (``train_accuracy``) scores each mixed image against the targets
+        of the image that dominates it: its own when ``lam >= 0.5``, else
+        its partner's, with that image's weight.
+        """
         self.model.train()
         set_frozen_to_eval(self.model, self.frozen_stages)
         device = data.images.device
-        batch_size, degrees = self.plan.batch_size, self.plan.rotation_degrees
+        plan = self.plan
+        batch_size, augment = plan.batch_size, plan.augmentation
         order = data.indices[self.rng.permutation(len(data))]
         loss_sum = torch.zeros((), device=device)
         correct_sum = torch.zeros((), device=device)
         with _explain_out_of_memory(batch_size):
             for batch in batch_slices(len(order), batch_size, training=True):
                 indices = order[batch]
-                inputs = data.images.get(indices, degrees, self.generator)
+                inputs = data.images.get(indices, augment, self.generator)
                 targets = data.targets(indices, device)
                 weights = data.batch_weights(indices, device)
-                loss, logits = self.train_step(inputs, targets, weights)
+                if plan.mixes:
+                    mixed = mix_batch(
+                        inputs, plan.mixup_alpha, plan.cutmix_alpha, self.generator
+                    )
+                    loss, logits = self.train_step(
+                        mixed.inputs, targets, weights, mixed
+                    )
+                    targets, weights = _dominant(mixed, targets, weights)
+                else:
+                    loss, logits = self.train_step(inputs, targets, weights)
                 # Sums stay on the device: no host sync per batch. Weights
                 # have a mean of 1 over the set, so these are weighted means.
                 loss_sum += loss.detach().float() * len(indices)
@@ -385,10 +416,18 @@ class EpochLoop:
         inputs: torch.Tensor,
         targets: torch.Tensor,
         weights: torch.Tensor | None = None,
+        mixed: MixedBatch | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; ``mixed``, when ``inputs`` are a mixed
+        batch, says how, and the task's mixed loss is used."""
         with autocast_context(inputs.device, self.plan.amp_dtype):
             logits = self.forward(inputs)
-            loss = self.task.loss(logits, targets, weights)
+            if mixed is None:
+                loss = self.task.loss(logits, targets, weights)
+            else:
+                loss = self.task.mixed_loss(
+                    logits, targets, mixed.perm, mixed.lam, weights
+                )
         self.optimizer.zero_grad(set_to_none=True)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -442,3 +481,16 @@ class EpochLoop:
         if total == 0:
             return math.nan, math.nan, all_logits
         return loss_sum.item() / total, correct_sum.item() / total, all_logits
+
+
+def _dominant(
+    mixed: MixedBatch, targets: torch.Tensor, weights: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The targets and weights of the image that dominates each mixed image:
+    its own where ``lam >= 0.5``, else its partner's (one ``lam`` per batch).
+    Tensors throughout: no value comes back to the host."""
+    own = mixed.lam >= 0.5  # 0-d: broadcast over rows and labels alike
+    targets = torch.where(own, targets, targets[mixed.perm])
+    if weights is not None:
+        weights = torch.where(own, weights, weights[mixed.perm])
+    return targets, weights

@@ -100,6 +100,23 @@ ESTIMATOR_OPTIONS = EstimatorOptions(
             "learning the digits from the sums alone. (A head of your own can "
             "be given from Python only.)"
         ),
+        "input_size": (
+            "The size images enter the network at, resized on the device in "
+            "training and prediction: none keeps their own size; an int is the "
+            "short side, the aspect ratio kept; HEIGHT,WIDTH is exactly that "
+            'size; "auto" is the pretrained weights\' resolution (224).'
+        ),
+        "augmentation": (
+            'Training augmentation, each image its own draw: "rotation" rotates '
+            'by up to rotation_degrees; "photo" crops, flips, rotates and '
+            "jitters colours (for photographs, not digits); none augments "
+            "nothing. (A function of your own can be given from Python only.)"
+        ),
+        "tta": (
+            "Test-time views whose probabilities prediction averages (the "
+            'image, its mirror image after augmentation="photo", small '
+            "rotations and shifts); none predicts from the image alone."
+        ),
         "lora_rank": (
             "An int trains low-rank adapters (LoRA) of that rank on the "
             "convolution weights of the trainable stages, their pretrained "

@@ -13,6 +13,11 @@ digits (:func:`sklearn.datasets.load_digits`, no download needed), and
 The same is available from the command line::
 
     resnetclf make-data --out DIR --n-samples 1000
+
+For a task on real colour photographs, :func:`make_photo_patches` cuts
+patches out of the photographs bundled with scikit-learn (and scikit-image,
+when installed), labelled with the photograph they come from, with training
+and test patches from disjoint regions.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.utils import check_random_state
 
-__all__ = ["DigitLayout", "load_merged", "make_digit_sums", "write_merged"]
+__all__ = [
+    "DigitLayout",
+    "load_merged",
+    "make_digit_sums",
+    "make_photo_patches",
+    "photo_names",
+    "write_merged",
+]
 
 # np.load's "w+" mode would truncate the data file, so it is never allowed here.
 _MMAP_MODES = (None, "r", "r+", "c")
@@ -681,3 +693,263 @@ def write_merged(
         np.save(_data_path(data_dir, index), images, allow_pickle=False)
         np.save(_label_path(data_dir, index), labels, allow_pickle=False)
     return targets
+
+
+# ---------------------------------------------------------------- photo patches
+
+# Photographs bundled with scikit-learn (needs Pillow to read them).
+_SKLEARN_PHOTOS = ("china", "flower")
+# Colour photographs bundled with scikit-image, each read by its own function
+# of skimage.data. Its grayscale pictures are left out (a colour model would
+# tell them apart by colour alone), and so are retina and hubble_deep_field,
+# mostly black areas that a patch could come from either.
+_SKIMAGE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "motorcycle",
+    "immunohistochemistry",
+)
+
+
+def photo_names(photos: str | Iterable[str] = "sklearn") -> list[str]:
+    """The photographs :func:`make_photo_patches` draws from, in label order.
+
+    Parameters
+    ----------
+    photos : {"sklearn", "all"} or iterable of str, default="sklearn"
+        ``"sklearn"``: the two photographs of
+        :func:`sklearn.datasets.load_sample_images`, ``china`` and
+        ``flower``. ``"all"``: those and six colour photographs of
+        scikit-image (``astronaut``, ``chelsea``, ``coffee``, ``rocket``,
+        ``motorcycle``, ``immunohistochemistry``), which must be installed
+        (``pip install "resnetclf[photos]"``). Or the names themselves, in
+        the order of their labels.
+
+    Returns
+    -------
+    list of str
+        Name of class ``k`` at position ``k``.
+
+    Raises
+    ------
+    ValueError
+        If ``photos`` names no such set or photograph, repeats one, or names
+        none.
+
+    Examples
+    --------
+    >>> from resnetclf.datasets import photo_names
+    >>> photo_names()
+    ['china', 'flower']
+    """
+    known = _SKLEARN_PHOTOS + _SKIMAGE_PHOTOS
+    if isinstance(photos, str):
+        if photos == "sklearn":
+            return list(_SKLEARN_PHOTOS)
+        if photos == "all":
+            return list(known)
+        raise ValueError(
+            "photos must be 'sklearn', 'all' or a list of photograph names "
+            f"from {known}; found {photos!r}"
+        )
+    try:
+        names = list(photos)
+    except TypeError:
+        raise ValueError(
+            f"photos must be 'sklearn', 'all' or a list of names; found {photos!r}"
+        ) from None
+    unknown = [name for name in names if name not in known]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(
+            "photos must name at least one photograph, each once, from "
+            f"{known}; found {photos!r}"
+        )
+    return names
+
+
+@functools.lru_cache(maxsize=None)
+def _photo(name: str) -> np.ndarray:
+    """The photograph ``name`` as uint8 ``(H, W, 3)``, read-only."""
+    if name in _SKLEARN_PHOTOS:
+        from sklearn.datasets import load_sample_image
+
+        try:
+            image = load_sample_image(f"{name}.jpg")
+        except ImportError:
+            # scikit-learn reads its JPEG files with Pillow, not one of its
+            # own requirements.
+            raise ImportError(
+                f"reading scikit-learn's photograph {name!r} needs Pillow, "
+                'which is not installed; pip install "resnetclf[photos]" (or '
+                "pillow)"
+            ) from None
+    else:
+        try:
+            import skimage.data
+        except ImportError:
+            raise ImportError(
+                f"the photograph {name!r} ships with scikit-image, which is not "
+                'installed; pip install "resnetclf[photos]" (or scikit-image), '
+                "or use photos='sklearn'"
+            ) from None
+        if name == "motorcycle":
+            image = skimage.data.stereo_motorcycle()[0]
+        else:
+            image = getattr(skimage.data, name)()
+    image = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
+    # The cache hands out the same array on every call: keep it immutable.
+    image.flags.writeable = False
+    return image
+
+
+class _Blocks(NamedTuple):
+    """A photograph's checkerboard of blocks, those of one region."""
+
+    top: np.ndarray  # first row of each block of the region
+    left: np.ndarray  # first column of each block of the region
+
+
+def _region_blocks(
+    shape: tuple[int, ...], block: int, region: str, name: str, patch_size: int
+) -> _Blocks:
+    """The blocks of ``region`` in a photograph of ``shape``.
+
+    Blocks of ``block`` pixels tile the photograph's centre; those with an
+    even row plus column are the training region, the others the test
+    region, the same whatever the seed.
+    """
+    height, width = shape[:2]
+    rows, columns = height // block, width // block
+    if rows * columns < 2:
+        largest = max(
+            side
+            for side in range(1, max(height, width) // 2 + 1)
+            if (height // (2 * side)) * (width // (2 * side)) >= 2
+        )
+        raise ValueError(
+            f"patch_size={patch_size} is too large for the {height}x{width} "
+            f"photograph {name!r}: it must hold two blocks of 2 * patch_size "
+            f"pixels, one per region; the largest patch_size it allows is "
+            f"{largest}"
+        )
+    row, column = np.divmod(np.arange(rows * columns), columns)
+    wanted = (row + column) % 2 == (0 if region == "train" else 1)
+    top = (height - rows * block) // 2 + row[wanted] * block
+    left = (width - columns * block) // 2 + column[wanted] * block
+    return _Blocks(top.astype(np.int64), left.astype(np.int64))
+
+
+def make_photo_patches(
+    n_samples: int,
+    patch_size: int = 32,
+    region: str = "train",
+    random_state: int | np.random.RandomState | None = None,
+    *,
+    photos: str | Iterable[str] = "sklearn",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Square patches of real photographs, labelled with the photograph they are from.
+
+    A small task on real photographs that ship with the libraries (no
+    download): which of a few photographs does a patch of it come from. Its
+    images are colour, of any size, with the statistics of camera pictures,
+    where :func:`make_digit_sums` gives grayscale strips.
+
+    Each photograph is tiled with square blocks of ``2 * patch_size``
+    pixels (the tiling centred, its leftover border unused), coloured as a
+    checkerboard: blocks with an even row plus column form the ``"train"``
+    region, the others the ``"test"`` region. A patch lies inside one block,
+    at least ``patch_size // 8`` pixels from its edges, so no pixel is in
+    both regions and a training patch is at least ``patch_size // 4`` pixels
+    from any test patch, whatever the seeds of the two calls. The checkerboard
+    spreads both regions over the whole photograph (sky, ground, subject).
+
+    Classes are balanced: class ``k`` gets ``n_samples // n_classes``
+    patches, plus one for the first ``n_samples % n_classes`` classes, in a
+    random order. A patch's block is drawn uniformly from its photograph's
+    blocks of the region, and its position uniformly within the block.
+    Patches are copied at the photographs' own resolution; some are nearly
+    uniform (sky), as in any crop of a photograph.
+
+    Parameters
+    ----------
+    n_samples : int
+        Number of patches, at least 1.
+    patch_size : int, default=32
+        Side of the patches in pixels, at least 8. Each photograph must hold
+        two blocks of ``2 * patch_size``: up to 160 for the scikit-learn
+        photographs (427x640), 112 with ``photos="all"`` (the smallest is
+        300x451).
+    region : {"train", "test"}, default="train"
+        Which region of the photographs the patches come from.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the labels' order and the patches' places; an int gives the
+        same arrays on every call. See :term:`Glossary <random_state>`.
+    photos : {"sklearn", "all"} or iterable of str, default="sklearn"
+        Which photographs are the classes, see :func:`photo_names`; class
+        ``k`` is ``photo_names(photos)[k]``. ``"all"`` needs scikit-image.
+        Keyword-only.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, patch_size, patch_size, 3), dtype uint8
+        The patches.
+    y : ndarray of shape (n_samples,), dtype int64
+        The index of the photograph each patch is from.
+
+    Raises
+    ------
+    TypeError
+        If ``n_samples`` or ``patch_size`` is not an integer.
+    ValueError
+        If ``n_samples`` is below 1, ``patch_size`` below 8 or too large
+        for a photograph, ``region`` is neither ``"train"`` nor ``"test"``,
+        or ``photos`` is not valid.
+    ImportError
+        If a photograph of scikit-image is asked for and scikit-image is not
+        installed.
+
+    See Also
+    --------
+    photo_names : The class names.
+
+    Examples
+    --------
+    >>> from resnetclf.datasets import make_photo_patches, photo_names
+    >>> X_train, y_train = make_photo_patches(40, random_state=0)
+    >>> X_test, y_test = make_photo_patches(20, region="test", random_state=1)
+    >>> X_train.shape, X_train.dtype, y_train.dtype
+    ((40, 32, 32, 3), dtype('uint8'), dtype('int64'))
+    >>> [int((y_train == k).sum()) for k in range(len(photo_names()))]
+    [20, 20]
+    """
+    n_samples = _check_int("n_samples", n_samples, 1)
+    patch_size = _check_int("patch_size", patch_size, 8)
+    if region not in ("train", "test"):
+        raise ValueError(f"region must be 'train' or 'test'; found {region!r}")
+    names = photo_names(photos)
+    images = [_photo(name) for name in names]
+    block = 2 * patch_size
+    blocks = [
+        _region_blocks(image.shape, block, region, name, patch_size)
+        for image, name in zip(images, names)
+    ]
+    rng = check_random_state(random_state)
+    y = rng.permutation(np.arange(n_samples) % len(names)).astype(np.int64)
+    margin = patch_size // 8
+    X = np.empty((n_samples, patch_size, patch_size, 3), dtype=np.uint8)
+    offsets = np.arange(patch_size)
+    for label, (image, region_blocks) in enumerate(zip(images, blocks)):
+        where = np.flatnonzero(y == label)
+        chosen = rng.randint(0, len(region_blocks.top), size=len(where))
+        # Positions inside the block, keeping the margin on both sides.
+        shift = rng.randint(
+            margin, block - patch_size - margin + 1, size=(2, len(where))
+        )
+        top = region_blocks.top[chosen] + shift[0]
+        left = region_blocks.left[chosen] + shift[1]
+        rows = top[:, None, None] + offsets[None, :, None]
+        cols = left[:, None, None] + offsets[None, None, :]
+        X[where] = image[rows, cols]
+    return X, y

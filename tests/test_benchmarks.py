@@ -407,6 +407,35 @@ def test_bench_checkouts_compares_checkouts_in_turns(tmp_path, monkeypatch, caps
         bench.main([str(tmp_path), str(ROOT)])  # not a checkout
 
 
+def test_bench_photos_quick(tmp_path, capsys):
+    pytest.importorskip("skimage")  # the stand-in's photographs
+    bench = _load_script("bench_photos")
+    out = tmp_path / "photos.json"
+    cache = tmp_path / "cache"
+    returned = bench.main(["--quick", "--cache-dir", str(cache), "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result == json.loads(json.dumps(returned))
+    assert {"throughput", "epoch224", "accuracy", "machine", "config"} <= set(result)
+    throughput = result["throughput"]
+    assert list(throughput) == list(bench.THROUGHPUT_VARIANTS)
+    assert throughput["none"]["ratio_to_none"] == 1.0
+    assert all(entry["images_per_second"] > 0 for entry in throughput.values())
+    assert result["epoch224"]["input_size"] == [224, 224]
+    runs = result["accuracy"]["runs"]
+    assert len(runs) == 10
+    for run in runs.values():
+        (record,) = run["seeds"]
+        assert 0 <= record["test_accuracy"] <= 1
+        assert len(record["tta_accuracy"]) == len(record["tta_views"])
+    sizes = [run["seeds"][0]["input_size"] for run in runs.values()]
+    assert sizes[:3] == [[8, 8], [16, 16], [32, 32]]
+    # The stand-in is cached, without a head, and says what it was trained on.
+    assert result["accuracy"]["standin"]["seconds"] > 0
+    assert len(list(cache.glob("photo-standin-*.safetensors"))) == 1
+    table = capsys.readouterr().out
+    assert "| stand-in, 2x (16 px), photo + CutMix 1 |" in table
+
+
 def test_step_bound_takes_fits_optimizer_and_reference_the_reports():
     import torch
     import torchvision

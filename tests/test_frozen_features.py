@@ -47,15 +47,17 @@ def _spy_on_features(monkeypatch) -> list[int]:
         {"validation_fraction": 0.0},
         {"freeze_epochs": 1, "optimizer": "sgd", "lr_schedule": "cosine"},
         {"normalization": "imagenet", "label_smoothing": 0.1},
+        # Features of the resized images; no augmentation, whatever the angle.
+        {"input_size": 16, "augmentation": None, "rotation_degrees": 10.0},
     ],
 )
 def test_fast_path_gives_the_plain_paths_head_and_history(data, params, monkeypatch):
     X, y = data
     calls = _spy_on_features(monkeypatch)
-    fast = small_classifier(**FROZEN, **params).fit(X, y)
+    fast = small_classifier(**{**FROZEN, **params}).fit(X, y)
     assert len(calls) == 1  # once per fit, shared by training and validation
     with switched(frozen_features=False):
-        plain = small_classifier(**FROZEN, **params).fit(X, y)
+        plain = small_classifier(**{**FROZEN, **params}).fit(X, y)
     assert len(calls) == 1
     fast_state, plain_state = fast.module_.state_dict(), plain.module_.state_dict()
     for name, tensor in plain_state.items():
@@ -76,6 +78,10 @@ def test_fast_path_gives_the_plain_paths_head_and_history(data, params, monkeypa
     "params",
     [
         {"rotation_degrees": 10.0},  # augmented: each epoch sees new images
+        {"augmentation": "photo"},  # even without rotation
+        {"augmentation": lambda batch, generator: batch},  # a user's
+        {"mixup_alpha": 0.4},  # mixed batches
+        {"cutmix_alpha": 1.0},
         {"layer_lr_decay": {"layer4": 1e-4}},  # layer4 trains
         {"ema_decay": 0.9},  # the average is the whole network
         {"head": "digit-sum"},  # a head that reads the map, not pooled features

@@ -1,11 +1,12 @@
 """Train a linear head on features computed once, when nothing else trains.
 
 A fit whose every stage below the head is frozen (``layer_lr_decay`` gives
-them a rate of 0) and whose images are not augmented runs the same backbone,
-in evaluation mode, on the same images every epoch: its pooled features are a
-fixed function of each image. They are computed once here, and the epoch
-loop then reads feature rows where it read images, and trains ``fc`` on them:
-the same loop, the same head and history, without a backbone pass per epoch.
+them a rate of 0) and whose images are neither augmented nor mixed runs the
+same backbone, in evaluation mode, on the same images every epoch: its
+pooled features are a fixed function of each image. They are computed once
+here, and the epoch loop then reads feature rows where it read images, and
+trains ``fc`` on them: the same loop, the same head and history, without a
+backbone pass per epoch.
 """
 
 from __future__ import annotations
@@ -24,20 +25,23 @@ __all__ = ["FeatureBatches", "features_of_all", "features_suffice"]
 def features_suffice(
     model: nn.Module,
     trainable: list[str],
-    rotation_degrees: float,
+    augments: bool,
     ema_decay: float | None,
     torch_compile,
 ) -> bool:
     """Whether fit may train the head on features computed once.
 
-    Only the head trains, nothing augments the images, the head is
+    Only the head trains, nothing changes the images from one epoch to the
+    next (``augments``: an augmentation, MixUp or CutMix is on), the head is
     torchvision's ``Linear`` on the pooled map, and nothing reads the whole
-    network each step (a weight average, a compiled forward).
+    network each step (a weight average, a compiled forward). Resizing
+    (``input_size``) is no obstacle: the features are computed from the
+    resized images.
     """
     return (
         switches().frozen_features
         and trainable == ["fc"]
-        and rotation_degrees == 0
+        and not augments
         and type(model.fc) is nn.Linear
         and isinstance(getattr(model, "avgpool", None), nn.AdaptiveAvgPool2d)
         and ema_decay is None
@@ -100,9 +104,9 @@ class FeatureBatches:
     def get(
         self,
         indices: np.ndarray,
-        rotation_degrees: float = 0.0,
+        augment=None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Feature rows ``indices`` (no augmentation: ``rotation_degrees`` is 0)."""
+        """Feature rows ``indices`` (nothing augments: ``augment`` is None)."""
         index = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(self.device)
         return self.features.index_select(0, index)
