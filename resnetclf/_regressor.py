@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -188,6 +189,71 @@ class ResNetFineTuneRegressor(RegressorMixin, ResNetFineTuneBase):
         end of ``fit`` the adapters are merged into plain weights, so
         ``module_``, checkpoints and pickles are a plain torchvision ResNet.
         At most ``min(out, in * kh * kw)`` of the smallest adapted layer.
+    input_size : None, int, tuple (height, width) or "auto", default=None
+        The size images enter the network at. They are resized a batch at a
+        time on the device (bilinear, antialiased when shrinking), after
+        scaling to [0, 1] and before augmentation, in ``fit`` (training and
+        validation) and in everything that predicts; nothing is cropped.
+        None keeps the images' own size, resizing nothing. An int is the
+        short side, the aspect ratio kept (a 40x168 strip at 80 becomes
+        80x336); a pair is exactly that size. ``"auto"`` is the short side
+        the pretrained weights were evaluated at (224 for torchvision's
+        ResNets); ``fit`` refuses it with ``weights=None`` or a file, which
+        carry no resolution. Pretrained weights see small images best
+        brought towards their resolution (see the user guide's "Your own
+        photos"); the cost of a pass grows with the pixels. The size used is
+        ``input_size_``.
+    augmentation : {"rotation", "photo"}, None or callable, default="rotation"
+        How training images are augmented, each image with its own random
+        draw from the fit's generator (seeded by ``random_state``), a batch
+        at a time on the device, after resizing; validation and prediction
+        images never are. ``"rotation"``: a rotation of up to
+        ``rotation_degrees`` (the digits' recipe). ``"photo"``, for
+        photographs: a random resized crop (35 to 100% of the area, its
+        aspect ratio within 3/4 to 4/3 of the image's), a horizontal flip
+        with probability 1/2, a rotation of up to ``rotation_degrees``, and
+        brightness, contrast and saturation jitter of up to 40%; not for
+        images whose mirror image is another class (digits, text). None: no
+        augmentation. A callable ``f(batch, generator) -> batch``: ``batch``
+        is a fresh float32 tensor ``(N, C, H, W)`` on the device, values in
+        [0, 1] (scaled, resized to ``input_size``, in the images' own
+        channels, 1 for grayscale, not normalised), which it may change in
+        place; ``generator`` is the fit's :class:`torch.Generator` on that
+        device: draw every random value from it, per image
+        (``torch.rand(N, generator=generator, device=batch.device)``), for
+        fits that repeat. It returns a tensor of the same shape, dtype and
+        device, values in [0, 1]. ``fit`` runs it on two training images
+        before training and checks its every output: another shape, dtype or
+        device is a ValueError. Like a callable ``arch``, a model trained
+        with one is kept with pickle, not ``save_model``.
+    mixup_alpha : float, default=0.0
+        MixUp: each training batch is blended with a shuffled copy of
+        itself, ``lam * x_i + (1 - lam) * x_j`` with ``lam ~ Beta(mixup_alpha,
+        mixup_alpha)`` once per batch, after augmentation; the loss is taken
+        against the targets mixed alike, ``lam * y_i + (1 - lam) * y_j``.
+        0 turns it off. With ``cutmix_alpha`` as well, each batch gets one
+        or the other, with probability 1/2. ``history_``'s ``train_loss`` is
+        then the mixed loss, and ``train_mse`` scores each mixed image
+        against the targets of the image that dominates it.
+    cutmix_alpha : float, default=0.0
+        CutMix: a box of a shuffled partner image is pasted into each
+        training image, the same box for the batch, covering about ``1 -
+        lam`` of it with ``lam ~ Beta(cutmix_alpha, cutmix_alpha)`` once per
+        batch; the loss as with ``mixup_alpha``, ``lam`` being the share not
+        pasted over. 0 turns it off; 1 is common.
+    tta : int or None, default=None
+        Test-time augmentation: ``predict`` averages the values predicted
+        for this many fixed views of each image. The views, in
+        order: the image itself; its mirror image, only after training that
+        flipped (``augmentation="photo"``); two rotations by +-``d`` degrees,
+        ``d = min(5, rotation_degrees)``, only after training that rotated
+        (``"rotation"`` or ``"photo"``); four shifts by 1/16 of the short
+        side, diagonally; after ``"photo"``, the mirror image's rotations and
+        shifts. That is up to 14 views after ``"photo"``, 7 after
+        ``"rotation"``, 5 otherwise; more is a ValueError. Each view costs a
+        forward pass, and each image's views depend on it alone. None (the
+        image alone) is the default; validation in ``fit`` always uses the
+        image alone, and ``tta`` can be changed after fitting.
 
     Attributes
     ----------
@@ -276,6 +342,11 @@ class ResNetFineTuneRegressor(RegressorMixin, ResNetFineTuneBase):
         freeze_epochs: int = 0,
         ema_decay: float | None = None,
         lora_rank: int | None = None,
+        input_size: int | tuple | str | None = None,
+        augmentation: str | Callable | None = "rotation",
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        tta: int | None = None,
     ) -> None:
         self.arch = arch
         self.weights = weights
@@ -307,6 +378,11 @@ class ResNetFineTuneRegressor(RegressorMixin, ResNetFineTuneBase):
         self.freeze_epochs = freeze_epochs
         self.ema_decay = ema_decay
         self.lora_rank = lora_rank
+        self.input_size = input_size
+        self.augmentation = augmentation
+        self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
+        self.tta = tta
 
     # ---------------------------------------------------------- the task
     def _make_task(self, y=None) -> Task:
@@ -341,9 +417,15 @@ class ResNetFineTuneRegressor(RegressorMixin, ResNetFineTuneBase):
         Returns
         -------
         y_pred : ndarray of shape (n_samples,) or (n_samples, n_outputs)
-            1-D for a single output, as scikit-learn's regressors give it.
+            1-D for a single output, as scikit-learn's regressors give it;
+            with ``tta``, the mean of the views' predictions.
         """
-        return self._make_task().predict(self._logits(X), self._output_labels())
+        if self.tta is None:
+            outputs = self._logits(X)
+        else:
+            # The views' standardised values, averaged, then mapped back.
+            outputs = self._view_logits(X).mean(dim=0)
+        return self._make_task().predict(outputs, self._output_labels())
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

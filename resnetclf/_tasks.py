@@ -337,6 +337,16 @@ class Regression:
             losses = losses * weights
         return losses.mean() if training else losses.sum()
 
+    def mixed_loss(self, outputs, targets, perm, lam, weights):
+        """The training loss of a batch mixed by MixUp or CutMix: against the
+        same mixture of the targets, ``lam * t_i + (1 - lam) * t_perm[i]``,
+        each sample weighted by the same mixture of the weights."""
+        # lerp(b, a, lam) = lam * a + (1 - lam) * b
+        targets = torch.lerp(targets[perm], targets, lam)
+        if weights is not None:
+            weights = torch.lerp(weights[perm], weights, lam)
+        return self.loss(outputs, targets, weights)
+
     def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Each sample's squared error in the targets' units (mean over outputs)."""
         scale = torch.as_tensor(self.scale, dtype=torch.float32, device=outputs.device)

@@ -231,3 +231,28 @@ def test_bad_multi_label_input_is_refused_before_training(
     monkeypatch.setattr(base_module, "build_resnet", must_not_build)
     with pytest.raises(ValueError, match=match):
         small_classifier(**params).fit(images, label_sets if y is None else y)
+
+
+def test_regressor_mixes_targets_and_averages_test_time_views(images):
+    y = images.mean(axis=(1, 2)) / 255
+    reg = small_regressor(max_iter=1, mixup_alpha=0.4, cutmix_alpha=1.0).fit(images, y)
+    plain = reg.predict(images[:6])
+    reg.set_params(tta=3)
+    views = reg._view_logits(images[:6]).double().numpy()[..., 0]
+    assert views.shape == (3, 6)
+    averaged = views.mean(axis=0) * reg._target_scale[0] + reg._target_mean[0]
+    np.testing.assert_allclose(reg.predict(images[:6]), averaged, rtol=1e-6)
+    np.testing.assert_allclose(views[0] * reg._target_scale[0] + reg._target_mean[0],
+                               plain, rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_regression_mixed_loss_is_the_loss_of_mixed_targets():
+    task = Regression(mean=np.zeros(1), scale=np.ones(1))
+    outputs = torch.tensor([[0.5], [2.0], [-1.0]])
+    targets = torch.tensor([[1.0], [0.0], [3.0]])
+    perm, lam = torch.tensor([2, 0, 1]), torch.tensor(0.75)
+    mixed = 0.75 * targets + 0.25 * targets[perm]
+    torch.testing.assert_close(
+        task.mixed_loss(outputs, targets, perm, lam, None),
+        torch.nn.functional.mse_loss(outputs, mixed),
+    )

@@ -89,6 +89,10 @@ class Mutation:
     breaks: str  # what a user would see
 
 
+# A mutant's rotation of up to 10 degrees, drawn from torch's global RNG.
+_ROTATE_10 = (
+    '__import__("resnetclf._augment", fromlist=["_"]).RotationAugmentation(10.0)'
+)
 CORE = "tests/test_core_behaviour.py::"
 HEADS = "tests/test_heads.py::"
 CKPT = "tests/test_checkpoint.py::"
@@ -202,8 +206,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "predict_logits",
-                "images.get(np.arange(batch.start, batch.stop))",
-                "images.get(np.arange(batch.start, batch.stop), 10.0)",
+                "inputs = [images.get(indices)]",
+                "inputs = [images.get(indices, " + _ROTATE_10 + ")]",
             ),
         ),
         (CORE + "test_predict_is_deterministic_and_sees_unrotated_normalised_images",),
@@ -215,7 +219,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "EpochLoop.train_epoch",
-                "data.images.get(indices, degrees, self.generator)",
+                "data.images.get(indices, augment, self.generator)",
                 "data.images.get(indices)",
             ),
         ),
@@ -229,7 +233,7 @@ MUTATIONS: tuple[Mutation, ...] = (
             Edit(
                 "EpochLoop.evaluate",
                 "data.images.get(indices)",
-                "data.images.get(indices, 10.0)",
+                "data.images.get(indices, " + _ROTATE_10 + ")",
             ),
         ),
         (
