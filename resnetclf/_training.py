@@ -27,6 +27,7 @@ from resnetclf._progress import ProgressReporter
 from resnetclf._schedules import EpochSchedule
 from resnetclf._scoring import EpochScorer
 from resnetclf._tasks import Task
+from resnetclf._test_time import TestTimeViews
 from resnetclf._warnings import user_stacklevel
 
 __all__ = [
@@ -80,29 +81,31 @@ def predict_logits(
     images: ImageBatches,
     batch_size: int,
     amp_dtype: torch.dtype | None = None,
-    views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
+    views: TestTimeViews | None = None,
 ) -> torch.Tensor:
     """Logits for every image, in order, as a float32 CPU tensor.
 
-    With ``views``, a function from a batch in [0, 1] (resized, not
-    normalised) to its test-time views, the logits of each view, stacked:
-    ``(n_views, n_images, n_outputs)``; one forward pass per view.
+    With ``views`` (a batch in [0, 1], resized, to its test-time views), the
+    logits of each view, stacked: ``(n_views, n_images, n_outputs)``; one
+    forward pass per view.
     """
     model.eval()
     logits = None
+    n_views = 1 if views is None else len(views)
     with _explain_out_of_memory(batch_size):
         for batch in batch_slices(len(images), batch_size, training=False):
             indices = np.arange(batch.start, batch.stop)
             if views is None:
                 inputs = [images.get(indices)]
             else:
-                inputs = [images.normalise(v) for v in views(images.get_unit(indices))]
+                # Normalised one at a time: one more batch in memory, not n.
+                inputs = map(images.normalise, views(images.get_unit(indices)))
             for view, view_inputs in enumerate(inputs):
                 with autocast_context(images.device, amp_dtype):
                     output = forward(view_inputs).float()
                 if logits is None:
                     # One buffer for all outputs: no list of pieces to concatenate.
-                    logits = torch.empty((len(inputs), len(images), output.shape[1]))
+                    logits = torch.empty((n_views, len(images), output.shape[1]))
                 logits[view, batch] = output.cpu()
     if logits is None:
         return torch.empty(0, 0) if views is None else torch.empty(0, 0, 0)

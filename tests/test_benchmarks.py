@@ -420,7 +420,9 @@ def test_bench_photos_quick(tmp_path, capsys):
     assert list(throughput) == list(bench.THROUGHPUT_VARIANTS)
     assert throughput["none"]["ratio_to_none"] == 1.0
     assert all(entry["images_per_second"] > 0 for entry in throughput.values())
-    assert result["epoch224"]["input_size"] == [224, 224]
+    for precision in ("auto", "fp32"):
+        assert result["epoch224"][precision]["input_size"] == [224, 224]
+        assert result["epoch224"][precision]["epoch_seconds"] > 0
     runs = result["accuracy"]["runs"]
     assert len(runs) == 10
     for run in runs.values():
@@ -433,7 +435,9 @@ def test_bench_photos_quick(tmp_path, capsys):
     assert result["accuracy"]["standin"]["seconds"] > 0
     assert len(list(cache.glob("photo-standin-*.safetensors"))) == 1
     table = capsys.readouterr().out
-    assert "| stand-in, 2x (16 px), photo + CutMix 1 |" in table
+    scale = bench.Config().base_scale
+    side = 8 * scale  # the quick run's 8-px patches
+    assert f"| stand-in, {scale}x ({side} px), photo + CutMix 1 |" in table
 
 
 def test_step_bound_takes_fits_optimizer_and_reference_the_reports():
