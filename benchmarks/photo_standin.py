@@ -122,7 +122,7 @@ def make_photo_standin(
     seconds = time.perf_counter() - start
     # Without its head: the source photographs are not the target's classes,
     # and a head of the same size would otherwise be resumed.
-    state = read_safetensors(partial.read_bytes(), partial)
+    state, _ = read_safetensors(partial.read_bytes(), partial)
     backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
     save_state_dict_atomic(backbone, path)
     partial.unlink()

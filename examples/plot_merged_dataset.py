@@ -102,9 +102,9 @@ plot_confident_mistakes(clf, X_test, y_test, n_images=8)
 # %%
 # Saving and loading
 # ------------------
-# :func:`~resnetclf.save_model` writes the weights as a weights-only
-# checkpoint and everything else as JSON, so loading the folder runs no code,
-# unlike a pickle. The loaded model predicts exactly as the saved one.
+# :func:`~resnetclf.save_model` writes one safetensors file: the weights, and
+# everything else as JSON in its metadata, so loading it runs no code, unlike
+# a pickle. The loaded model predicts exactly as the saved one.
 folder = save_model(clf, out / "model")
 restored = load_model(folder)
 same = np.array_equal(restored.predict_proba(X_test), clf.predict_proba(X_test))

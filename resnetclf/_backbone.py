@@ -53,8 +53,8 @@ RESNET_ARCHS = (
 )
 
 
-# The weights file of a save_model folder, newest format first.
-MODEL_FOLDER_WEIGHTS = ("model.safetensors", "weights.pth")
+# The weights file of a save_model folder.
+MODEL_FOLDER_WEIGHTS = ("model.safetensors",)
 
 
 class WeightsUnavailableError(RuntimeError):

@@ -231,7 +231,7 @@ class ResNetFineTuneBase(BaseEstimator):
             scorer = EpochScorer(self.scoring, self, data.task, data.classes)
             rng = check_random_state(self.random_state)
             parts = training_parts(
-                data, plan, self.validation_fraction, rng, scorer.needs_logits
+                data, plan, self.validation_fraction, rng, scorer.needs_X
             )
             if self.early_stopping and parts.val is None:
                 raise ValueError(

@@ -46,7 +46,6 @@ from resnetclf._resize import resolve_input_size, weights_resolution
 from resnetclf._split import random_holdout, stratified_holdout
 from resnetclf._tasks import Task
 from resnetclf._test_time import ViewSettings
-from resnetclf._training import LabelledImages
 from resnetclf._warnings import user_stacklevel
 from resnetclf.heads import resolve_head
 
@@ -54,6 +53,7 @@ __all__ = [
     "FitData",
     "FitPlan",
     "LabelledArray",
+    "LabelledImages",
     "TrainingParts",
     "check_before_data",
     "check_kept_network",
@@ -64,6 +64,38 @@ __all__ = [
     "torch_seeded",
     "training_parts",
 ]
+
+
+@dataclass
+class LabelledImages:
+    """The samples ``indices`` of ``images``, with their encoded labels and,
+    when the fit is weighted, their weights."""
+
+    images: ImageBatches
+    indices: np.ndarray
+    labels: np.ndarray  # class index per sample of ``images``, not of ``indices``
+    weights: np.ndarray | None = None  # float32 per sample of ``images``, or None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def targets(self, batch_indices: np.ndarray, device: torch.device) -> torch.Tensor:
+        return torch.from_numpy(self.labels[batch_indices]).to(
+            device, non_blocking=True
+        )
+
+    def batch_weights(
+        self, batch_indices: np.ndarray, device: torch.device
+    ) -> torch.Tensor | None:
+        if self.weights is None:
+            return None
+        return torch.from_numpy(self.weights[batch_indices]).to(
+            device, non_blocking=True
+        )
+
+    def index_weights(self) -> np.ndarray | None:
+        """The weights of ``indices``, in order (for scorers)."""
+        return None if self.weights is None else self.weights[self.indices]
 
 
 @dataclass(frozen=True)

@@ -1,78 +1,148 @@
-"""A model file that runs no code when loaded: safetensors plus plain JSON.
+"""A fitted estimator as one safetensors file that runs no code when loaded.
 
-``save_model`` writes a folder with two files:
+``save_model`` writes ``model.safetensors`` into a folder: the network's
+tensors in torchvision's layout and, in the file's own metadata (strings to
+strings), the parameters and fitted attributes as JSON under ``"resnetclf"``.
 
-``model.safetensors``
-    The fitted network's tensors in torchvision's layout, in the safetensors
-    format: a JSON header and raw bytes, no pickle.
-``estimator.json``
-    The parameters, the fitted attributes prediction needs and ``history_``,
-    as a fixed schema of plain JSON (``resnetclf._model_json``), with the
-    SHA-256 of ``model.safetensors``.
-
-Loading never unpickles: no ``torch.load``, no ``pickle``.
+Why the metadata rather than a JSON file beside the tensors: one file is the
+whole model, so settings and tensors cannot be separated, half replaced or
+paired with another model's; no hash has to bind two files and one atomic
+write saves it. safetensors checks the whole header, metadata included,
+before anything is read, and every other reader (torchvision, ``weights=``)
+ignores the metadata and sees a plain state dict. The cost: the settings are
+not a text file; ``safetensors.safe_open(path, "pt").metadata()`` shows them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
+import numpy as np
+import sklearn
 import torch
+import torchvision
 from sklearn.utils.validation import check_is_fitted
 
 from resnetclf._backbone import build_resnet, check_arch, to_torchvision_layout
-from resnetclf._checkpoint import read_safetensors, save_state_dict_atomic, write_atomic
+from resnetclf._base import ResNetFineTuneBase
+from resnetclf._checkpoint import read_safetensors, safetensors_bytes, write_atomic
 from resnetclf._estimator import ResNetFineTuneClassifier
-from resnetclf._model_json import (
-    ESTIMATOR_FILE,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    WEIGHTS_FILE,
-    decode_document,
-    describe,
-    read_document,
+from resnetclf._model_json import FITTED_TAGS, PARAM_TAGS, from_json, parse, to_json
+from resnetclf._regressor import ResNetFineTuneRegressor
+from resnetclf._version import __version__
+
+__all__ = ["METADATA_KEY", "WEIGHTS_FILE", "load_model", "save_model"]
+
+WEIGHTS_FILE = "model.safetensors"
+METADATA_KEY = "resnetclf"
+_PICKLE_HINT = (
+    "keep this estimator with pickle or joblib instead (they store any object, "
+    "but run code when loading: load only files you trust)"
 )
 
-__all__ = [
-    "ESTIMATOR_FILE",
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
-    "WEIGHTS_FILE",
-    "load_model",
-    "save_model",
-]
+
+def _count(value) -> bool:
+    return type(value) is int and value >= 0
 
 
-# ------------------------------------------------------------------- saving
-def save_model(estimator: ResNetFineTuneClassifier, path: str | os.PathLike) -> Path:
+def _tuple(value, n: int, item) -> bool:
+    return type(value) is tuple and len(value) == n and all(map(item, value))
+
+
+def _finite(value) -> bool:
+    return type(value) is float and math.isfinite(value)
+
+
+def _records(history) -> bool:
+    numbers = (type(None), bool, int, float)
+    return type(history) is list and all(
+        type(record) is dict
+        and all(type(k) is str and type(v) in numbers for k, v in record.items())
+        for record in history
+    )
+
+
+def _values(v, n: int | None = None, positive: bool = False) -> bool:
+    """A 1-D float64 array of finite values (of ``n``, all > 0 if asked)."""
+    return (
+        isinstance(v, np.ndarray)
+        and v.dtype == np.float64
+        and v.ndim == 1
+        and (n is None or len(v) == n)
+        and bool(np.isfinite(v).all())
+        and (not positive or bool((v > 0).all()))
+    )
+
+
+# What predict, score and a warm start read (set by _set_fitted and the input
+# checks), each with what its value must be: those of every estimator, then
+# each estimator's own (what its outputs stand for).
+_FITTED = {
+    "n_features_in_": _count,
+    "feature_names_in_": lambda v: isinstance(v, np.ndarray),
+    "image_shape_": lambda v: _tuple(v, 3, lambda d: _count(d) and d > 0),
+    "_model_channels": lambda v: type(v) is int and v in (1, 3),
+    "_normalization_stats": lambda v: (
+        _tuple(v, 2, lambda p: _tuple(p, 3, _finite)) and min(v[1]) > 0
+    ),
+    "history_": _records,
+    "n_iter_": _count,
+    "best_epoch_": lambda v: v is None or _count(v),
+    "best_score_": lambda v: v is None or type(v) is float,
+    "n_trainable_params_": _count,
+    "device_": lambda v: isinstance(v, torch.device),
+    "input_size_": lambda v: _tuple(v, 2, lambda d: _count(d) and d > 0),
+    "_tta_flips": lambda v: type(v) is bool,
+    "_tta_degrees": lambda v: _finite(v) and 0 <= v <= 180,
+}
+_OUTPUTS = {
+    ResNetFineTuneClassifier: {
+        "classes_": lambda v: isinstance(v, np.ndarray) and len(set(v)) == len(v) > 1,
+        "_multi_label": lambda v: type(v) is bool,
+    },
+    ResNetFineTuneRegressor: {
+        "n_outputs_": lambda v: _count(v) and v > 0,
+        "_target_mean": _values,
+        "_target_scale": lambda v: _values(v, positive=True),
+    },
+}
+_ESTIMATORS = {cls.__name__: cls for cls in _OUTPUTS}
+# Absent from fits without feature names; an absent _multi_label reads False,
+# as the estimator itself reads it; the others are set by fits that resize or
+# take test-time views.
+_OPTIONAL = {
+    "feature_names_in_",
+    "_multi_label",
+    "input_size_",
+    "_tta_flips",
+    "_tta_degrees",
+}
+
+
+def _fitted_checks(cls: type) -> dict:
+    return {**_FITTED, **_OUTPUTS[cls]}
+
+
+def save_model(estimator: ResNetFineTuneBase, path: str | os.PathLike) -> Path:
     """Save a fitted estimator to a folder that loads without running code.
 
-    The folder gets ``model.safetensors``, the network's tensors in
-    torchvision's layout (``torchvision.models.<arch>(num_classes=n_classes)``
-    loads them as they are; a grayscale stem is spread over three channels),
-    and ``estimator.json``: the parameters, the fitted attributes
-    (``classes_`` with their dtype, ``image_shape_``, ``n_features_in_``,
-    ``feature_names_in_``, ``history_``, ``best_epoch_``, ``best_score_``,
-    ``n_iter_``, ``n_trainable_params_``, ``device_``, the normalisation
-    statistics and the network's input channels), the format version, the
-    library, scikit-learn and torch versions, and a SHA-256 of
-    ``model.safetensors``. Other attributes set on the estimator are not kept.
-
-    Unlike pickle, which can store any estimator, this format holds only
-    plain values. An estimator with a parameter it cannot store exactly (a
-    function as ``arch`` or ``scoring``, non-finite numbers, ...) is refused
-    with a ValueError before anything is written.
+    The folder gets one file, ``model.safetensors``: the network's tensors in
+    torchvision's layout (a grayscale stem spread over three channels) and, in
+    its metadata, the parameters, the fitted attributes (``classes_`` with
+    their dtype, ``history_``, ...) and the versions, as JSON. A value with
+    no exact form there (a function as ``arch``, ``head`` or ``scoring``, a
+    non-finite number, ...) is refused before anything is written: pickle
+    keeps such an estimator.
 
     Parameters
     ----------
-    estimator : ResNetFineTuneClassifier
+    estimator : ResNetFineTuneClassifier or ResNetFineTuneRegressor
         A fitted estimator.
     path : str or path
-        The folder to write (created if needed; the two files in it are
-        replaced).
+        The folder (created if needed; its file is replaced atomically).
 
     Returns
     -------
@@ -82,124 +152,106 @@ def save_model(estimator: ResNetFineTuneClassifier, path: str | os.PathLike) -> 
     Raises
     ------
     TypeError
-        If ``estimator`` is not a ResNetFineTuneClassifier.
+        If ``estimator`` is not one of the library's estimators.
     sklearn.exceptions.NotFittedError
         If it is not fitted.
     ValueError
-        If a parameter or attribute cannot be stored in JSON, or ``path`` is
-        a file.
-
-    See Also
-    --------
-    load_model : read the folder back.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from resnetclf import ResNetFineTuneClassifier, load_model, save_model
-    >>> rng = np.random.RandomState(0)
-    >>> X = rng.randint(0, 256, size=(16, 12, 12), dtype=np.uint8)
-    >>> y = np.arange(16) % 2
-    >>> clf = ResNetFineTuneClassifier(arch="resnet18", weights=None, max_iter=1,
-    ...                                batch_size=8, random_state=0).fit(X, y)
-    >>> import tempfile, os
-    >>> folder = save_model(clf, os.path.join(tempfile.mkdtemp(), "model"))
-    >>> sorted(p.name for p in folder.iterdir())
-    ['estimator.json', 'model.safetensors']
-    >>> bool(np.array_equal(load_model(folder).predict_proba(X),
-    ...                     clf.predict_proba(X)))
-    True
+        If a value has no form in the file, or ``path`` is a file.
     """
-    if not isinstance(estimator, ResNetFineTuneClassifier):
+    if type(estimator) not in _OUTPUTS:
         raise TypeError(
-            "save_model stores a ResNetFineTuneClassifier; got "
-            f"{type(estimator).__name__}"
+            "save_model stores a ResNetFineTuneClassifier or a "
+            f"ResNetFineTuneRegressor; got {type(estimator).__name__}"
         )
     check_is_fitted(estimator)
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"path must be a folder; '{folder}' is a file")
-    # Everything is encoded first, so a refusal leaves no half-written folder.
-    document = describe(estimator)
-    weights = to_torchvision_layout(estimator.module_)
-    folder.mkdir(parents=True, exist_ok=True)
-    weights_path = save_state_dict_atomic(weights, folder / WEIGHTS_FILE)
-    document["weights"]["sha256"] = hashlib.sha256(
-        weights_path.read_bytes()
-    ).hexdigest()
-    text = json.dumps(document, indent=1, allow_nan=False) + "\n"
-    write_atomic(folder / ESTIMATOR_FILE, text.encode("utf-8"))
+    attributes = vars(estimator)
+    checks = _fitted_checks(type(estimator))
+    missing = [n for n in checks if n not in attributes and n not in _OPTIONAL]
+    if missing:
+        raise ValueError(f"cannot save: the fitted estimator lacks {missing}")
+    # Everything is encoded first, so a refusal leaves nothing written.
+    settings = {
+        "estimator": type(estimator).__name__,
+        "versions": {
+            "resnetclf": __version__,
+            "scikit-learn": sklearn.__version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+        },
+        "params": {
+            name: _encoded(value, PARAM_TAGS, f"parameter {name!r}")
+            for name, value in estimator.get_params(deep=False).items()
+        },
+        "fitted": {
+            name: _encoded(attributes[name], FITTED_TAGS, f"attribute {name!r}")
+            for name in checks
+            if name in attributes
+        },
+    }
+    metadata = {METADATA_KEY: json.dumps(settings, allow_nan=False)}
+    tensors = to_torchvision_layout(estimator.module_)
+    write_atomic(folder / WEIGHTS_FILE, safetensors_bytes(tensors, metadata))
     return folder
 
 
-# ------------------------------------------------------------------ loading
-def load_model(path: str | os.PathLike) -> ResNetFineTuneClassifier:
+def _encoded(value, tags: frozenset, where: str):
+    try:
+        return to_json(value, tags)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"cannot save {where}: {exc}; {_PICKLE_HINT}") from exc
+
+
+def load_model(path: str | os.PathLike) -> ResNetFineTuneBase:
     """Load an estimator saved by :func:`save_model`, without running code.
 
-    ``estimator.json`` is parsed as plain JSON and checked strictly against
-    its fixed schema (format and version, every key and the type of every
-    value, the parameters through the estimator's own validation, the
-    classes against the network's outputs); ``model.safetensors`` must match
-    the SHA-256 recorded at save time, is read with a safetensors reader that
-    checks its header against its size before allocating anything, and its
-    tensors must fit the architecture exactly. Nothing is unpickled
-    (neither ``torch.load`` nor ``pickle`` runs) and nothing is downloaded,
-    so the loaded estimator predicts exactly as the saved one did.
+    Nothing is unpickled or downloaded: safetensors checks the file's header
+    before allocating anything, the settings are strict JSON decoded into
+    plain values and the format's few types, the parameters pass the
+    estimator's own validation, and the fitted attributes must agree with
+    each other and with the tensors. It predicts as the saved one did.
 
     Parameters
     ----------
     path : str or path
-        The folder written by :func:`save_model`.
+        The folder written by :func:`save_model`, or its ``model.safetensors``.
 
     Returns
     -------
-    estimator : ResNetFineTuneClassifier
-        Fitted, with the saved parameters and attributes; the network is on
-        the CPU and moves to ``device`` when predicting.
+    estimator : ResNetFineTuneClassifier or ResNetFineTuneRegressor
+        The saved one's class, fitted; the network is on the CPU and moves to
+        ``device`` to predict.
 
     Raises
     ------
     FileNotFoundError
-        If the folder or one of its two files is missing.
+        If the folder or its ``model.safetensors`` is missing.
     ValueError
-        If a file is not what ``save_model`` writes: another format, a newer
-        version or version 1 (``weights.pth``, see the user guide to convert
-        it), JSON that does not parse or has unexpected keys or values,
-        weights that were changed, are not a valid safetensors file, or do
-        not fit.
-
-    See Also
-    --------
-    save_model : write the folder.
+        Naming the file, for anything ``save_model`` does not write.
     """
-    folder = Path(path)
-    json_path, weights_path = folder / ESTIMATOR_FILE, folder / WEIGHTS_FILE
-    if not json_path.is_file():
+    file = Path(path) / WEIGHTS_FILE if Path(path).is_dir() else Path(path)
+    if not file.is_file():
         raise FileNotFoundError(
-            f"'{json_path}' not found: load_model reads a folder written by "
-            f"save_model, holding {ESTIMATOR_FILE} and {WEIGHTS_FILE}"
+            f"'{file}' not found: load_model reads a folder written by save_model "
+            f"(or the {WEIGHTS_FILE} in it)"
         )
-    document = read_document(json_path)
+    state_dict, metadata = read_safetensors(file.read_bytes(), file)
+    if METADATA_KEY not in metadata:
+        raise ValueError(
+            f"'{file}' holds tensors but no resnetclf settings in its metadata: "
+            "a state dict, not a model written by save_model (weights= takes it)"
+        )
     try:
-        params, fitted = decode_document(document)
-        estimator = ResNetFineTuneClassifier(**params)
-        estimator._validate_params()
-        check_arch(estimator.arch)
-    except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+        estimator, fitted = _decode(parse(metadata[METADATA_KEY]))
+        _check_fitted(estimator, fitted, state_dict)
+    # RuntimeError: torch.device of a string that names no device.
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError,
+            RuntimeError) as exc:  # fmt: skip
         raise ValueError(
-            f"'{json_path}' is not a valid model file: {' '.join(str(exc).split())}"
+            f"'{file}' is not a valid model file: {' '.join(str(exc).split())[:400]}"
         ) from exc
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"'{weights_path}' not found, next to '{json_path}'")
-    data = weights_path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != document["weights"]["sha256"]:
-        raise ValueError(
-            f"'{weights_path}' is not the file saved with '{json_path}' (its "
-            "SHA-256 differs from the one recorded): the folder was changed "
-            "after save_model"
-        )
-    state_dict = read_safetensors(data, weights_path)
-    _check_state_dict(state_dict, estimator, fitted["classes_"], weights_path)
     if fitted["_model_channels"] == 1:
         # Exact: save_model spread the kernel so that its channels sum back to it.
         kernel = state_dict["conv1.weight"]
@@ -209,35 +261,80 @@ def load_model(path: str | os.PathLike) -> ResNetFineTuneClassifier:
     return estimator
 
 
-def _check_state_dict(
-    state_dict: dict, estimator: ResNetFineTuneClassifier, classes, path: Path
+def _decode(settings) -> tuple[ResNetFineTuneBase, dict]:
+    """The estimator of the saved class and parameters, validated, and the
+    fitted attributes."""
+    keys = {"estimator", "versions", "params", "fitted"}
+    if type(settings) is not dict or set(settings) != keys:
+        raise ValueError(f"the settings must be an object of {sorted(keys)}")
+    cls = _ESTIMATORS.get(settings["estimator"])
+    if cls is None:
+        raise ValueError(
+            f"estimator must be one of {sorted(_ESTIMATORS)}, "
+            f"got {str(settings['estimator'])[:40]!r}"
+        )
+    names = set(cls().get_params(deep=False))
+    for what, known, optional in [
+        ("params", names, set()),
+        ("fitted", set(_fitted_checks(cls)), _OPTIONAL),
+    ]:
+        given = settings[what]
+        if type(given) is not dict:
+            raise ValueError(f"{what} must be a JSON object")
+        unknown, missing = set(given) - known, known - optional - set(given)
+        if unknown or missing:
+            raise ValueError(
+                f"{what}: unknown {sorted(unknown)[:5]}, missing {sorted(missing)[:5]}"
+            )
+    params = {k: from_json(v, PARAM_TAGS) for k, v in settings["params"].items()}
+    estimator = cls(**params)
+    # The estimator's own checks, as fit makes them; arch must name a builder.
+    estimator._validate_params()
+    check_arch(estimator.arch)
+    return estimator, {
+        k: from_json(v, FITTED_TAGS) for k, v in settings["fitted"].items()
+    }
+
+
+def _check_fitted(
+    estimator: ResNetFineTuneBase, fitted: dict, state_dict: dict
 ) -> None:
-    """Keys, shapes and dtypes must be those of the network, exactly."""
-    arch, num_classes = estimator.arch, len(classes)
+    """The one place a loaded model is checked whole: the fitted attributes
+    against their types, each other and the tensors."""
+    checks = _fitted_checks(type(estimator))
+    wrong = [name for name, value in fitted.items() if not checks[name](value)]
+    if wrong:
+        raise ValueError(f"fitted attributes of the wrong type or value: {wrong}")
+    shape, names = fitted["image_shape_"], fitted.get("feature_names_in_")
+    if fitted["n_features_in_"] != math.prod(shape) or (
+        names is not None and len(names) != math.prod(shape)
+    ):
+        raise ValueError("n_features_in_ disagrees with image_shape_ or feature names")
+    if shape[2] not in (1, fitted["_model_channels"]):
+        raise ValueError("image_shape_'s channels disagree with _model_channels")
+    if "n_outputs_" in fitted and not all(
+        len(fitted[name]) == fitted["n_outputs_"]
+        for name in ("_target_mean", "_target_scale")
+    ):
+        raise ValueError("the targets' standardisation disagrees with n_outputs_")
+    # Exactly the tensors arch, head and outputs build: the head's outputs for
+    # these classes (or values), conv1 for RGB (torchvision's layout).
+    classes = fitted.get("classes_")
+    if classes is None:
+        classes = np.arange(fitted["n_outputs_"])
     with torch.device("meta"):
         expected = build_resnet(
-            arch, None, num_classes, 3, head=estimator.head, classes=classes
+            estimator.arch, None, len(classes), 3, head=estimator.head, classes=classes
         ).state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
+    got, want = ({k: f"{tuple(t.shape)} {t.dtype}" for k, t in d.items()}
+                 for d in (state_dict, expected))  # fmt: skip
     wrong = [
-        f"{k} {tuple(state_dict[k].shape)} {state_dict[k].dtype} (expected "
-        f"{tuple(expected[k].shape)} {expected[k].dtype})"
-        for k in sorted(set(expected) & set(state_dict))
-        if state_dict[k].shape != expected[k].shape
-        or state_dict[k].dtype != expected[k].dtype
+        f"{k} {got.get(k, 'absent')} (expected {want.get(k, 'absent')})"
+        for k in sorted(got.keys() | want.keys())
+        if got.get(k) != want.get(k)
     ]
-    problems = [
-        f"{len(keys)} {label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-        for label, keys in (
-            ("missing tensors", missing),
-            ("unexpected tensors", unexpected),
-            ("tensors of the wrong shape or dtype", wrong),
-        )
-        if keys
-    ]
-    if problems:
+    if wrong:
         raise ValueError(
-            f"'{path}' does not fit arch={arch!r} with {num_classes} classes: "
-            + "; ".join(problems)
+            f"its tensors do not fit arch={estimator.arch!r} with {len(classes)} "
+            f"outputs: {len(wrong)} differ, {', '.join(wrong[:3])}"
         )

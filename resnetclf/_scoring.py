@@ -68,14 +68,21 @@ class EpochScorer:
         self.scoring = scoring
         self.task = task
         self.classes = classes
+        chosen = scoring if scoring is not None else task.default_scoring
         self._scorer = (
-            None if scoring is None else check_scoring(estimator, scoring=scoring)
+            None if chosen is None else check_scoring(estimator, scoring=chosen)
         )
 
     @property
     def needs_logits(self) -> bool:
         """Whether scoring needs every validation output on the host."""
         return self._scorer is not None
+
+    @property
+    def needs_X(self) -> bool:
+        """Whether scoring needs the validation images (a user's scorer may
+        read them; the tasks' own default scorers do not)."""
+        return self.scoring is not None
 
     def __call__(
         self,
@@ -85,9 +92,9 @@ class EpochScorer:
         targets: np.ndarray,
         weights: np.ndarray | None,
     ) -> float:
-        """The epoch's score: the task's from ``metric`` for ``scoring=None``."""
+        """The epoch's score: ``metric`` itself without a scorer."""
         if self._scorer is None:
-            return self.task.score(metric, targets, weights)
+            return metric
         fixed = _FixedRegression if is_regressor_task(self.task) else _FixedPredictions
         predictions = fixed(self.task, self.classes, outputs)
         kwargs = {} if weights is None else {"sample_weight": weights}

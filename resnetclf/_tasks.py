@@ -21,6 +21,7 @@ from resnetclf._mixing import mixed_cross_entropy
 
 __all__ = [
     "MultiLabelClassification",
+    "Regression",
     "SingleLabelClassification",
     "Task",
     "weighted_cross_entropy",
@@ -34,12 +35,14 @@ class Task(Protocol):
     internal validation split keeps the classes' shares, and each class must
     keep some weight; ``metric`` names the per-sample measure that
     ``hits`` gives and the history records as ``train_<metric>`` and
-    ``val_<metric>``; ``score`` turns the validation part's weighted mean of
-    it into the default validation score (higher is better).
+    ``val_<metric>``: without ``scoring``, the validation part's weighted
+    mean of it picks the best epoch, unless ``default_scoring`` names a
+    scikit-learn scorer to use instead (higher is better either way).
     """
 
     stratify: bool
     metric: str
+    default_scoring: str | None
 
     def encode(self, y, fitted_classes=None) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -50,8 +53,6 @@ class Task(Protocol):
     def mixed_loss(self, outputs, targets, perm, lam, weights): ...
 
     def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
-
-    def score(self, metric: float, targets: np.ndarray, weights) -> float: ...
 
     def predict(self, outputs: torch.Tensor, classes: np.ndarray) -> np.ndarray: ...
 
@@ -95,6 +96,7 @@ class SingleLabelClassification:
 
     stratify = True
     metric = "accuracy"
+    default_scoring = None
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         self.label_smoothing = float(label_smoothing)
@@ -165,10 +167,6 @@ class SingleLabelClassification:
         """1.0 where the top output is the target, per sample (accuracy)."""
         return (outputs.argmax(dim=1) == targets).float()
 
-    def score(self, metric: float, targets: np.ndarray, weights) -> float:
-        """Accuracy is the default score."""
-        return metric
-
     def proba(self, outputs: torch.Tensor) -> np.ndarray:
         """Class probabilities, in float64 so that rows sum to 1."""
         return torch.softmax(outputs.double(), dim=1).numpy()
@@ -214,6 +212,7 @@ class MultiLabelClassification:
 
     stratify = False  # as scikit-learn's splitters do for multi-label y
     metric = "f1_samples"
+    default_scoring = None
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         self.label_smoothing = float(label_smoothing)
@@ -255,9 +254,6 @@ class MultiLabelClassification:
         either = predicted.sum(dim=1) + targets.sum(dim=1)
         return torch.where(either > 0, 2 * both / either.clamp(min=1), 1.0)
 
-    def score(self, metric: float, targets: np.ndarray, weights) -> float:
-        return metric
-
     def proba(self, outputs: torch.Tensor) -> np.ndarray:
         """Each label's probability: ``(n_samples, n_labels)``."""
         return torch.sigmoid(outputs.double()).numpy()
@@ -267,3 +263,99 @@ class MultiLabelClassification:
 
     def decode(self, targets: np.ndarray, classes: np.ndarray) -> np.ndarray:
         return targets.astype(np.int64)
+
+
+REGRESSION_LOSSES = ("squared_error", "huber")
+
+
+class Regression:
+    """Values per image, one or more outputs, learnt standardised.
+
+    Each output is standardised with the training targets' mean and standard
+    deviation inside ``fit`` (so that one learning rate suits targets of any
+    scale, and the head starts at the mean) and mapped back in ``predict``.
+    The history's measure is the mean squared error in the targets' own
+    units (``train_mse``, ``val_mse``: lower is better); the best epoch is
+    the one of the best R^2 (``default_scoring``).
+
+    Parameters
+    ----------
+    loss : {"squared_error", "huber"}, default="squared_error"
+        The training loss on standardised targets; Huber's threshold is one
+        standard deviation.
+    mean, scale : ndarray of shape (n_outputs,), default=None
+        A fitted model's standardisation (a warm start keeps it); None
+        computes it from the first targets encoded.
+    """
+
+    stratify = False
+    metric = "mse"
+    default_scoring = "r2"
+
+    def __init__(self, loss: str = "squared_error", mean=None, scale=None) -> None:
+        self.loss_name = loss
+        self.mean = mean
+        self.scale = scale
+
+    def _as_2d(self, y, name: str, n_outputs: int | None) -> np.ndarray:
+        y = np.asarray(y, dtype=np.float64)
+        if y.ndim == 1:
+            y = y[:, None]
+        if y.ndim != 2 or (n_outputs is not None and y.shape[1] != n_outputs):
+            wanted = n_outputs if n_outputs is not None else "n_outputs"
+            raise ValueError(
+                f"{name} must have shape (n_samples,) or (n_samples, {wanted})"
+            )
+        if not np.isfinite(y).all():
+            raise ValueError(f"{name} holds NaN or infinite values")
+        return y
+
+    def encode(
+        self, y, fitted_classes: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        n_outputs = None if fitted_classes is None else len(fitted_classes)
+        y = self._as_2d(y, "y", n_outputs)
+        if self.mean is None:
+            self.mean = y.mean(axis=0)
+            scale = y.std(axis=0)
+            # A constant output is learnt as its mean.
+            self.scale = np.where(scale > 0, scale, 1.0)
+        return np.arange(y.shape[1]), ((y - self.mean) / self.scale).astype(np.float32)
+
+    def encode_known(self, y, classes: np.ndarray, name: str) -> np.ndarray:
+        y = self._as_2d(y, name, len(classes))
+        return ((y - self.mean) / self.scale).astype(np.float32)
+
+    def loss(self, outputs, targets, weights, *, training: bool = True):
+        outputs = outputs.float()
+        if self.loss_name == "huber":
+            losses = F.huber_loss(outputs, targets, reduction="none", delta=1.0)
+        else:
+            losses = F.mse_loss(outputs, targets, reduction="none")
+        losses = losses.mean(dim=1)  # a sample weighs the same, whatever n_outputs
+        if weights is not None:
+            losses = losses * weights
+        return losses.mean() if training else losses.sum()
+
+    def mixed_loss(self, outputs, targets, perm, lam, weights):
+        """The training loss of a batch mixed by MixUp or CutMix: against the
+        same mixture of the targets, ``lam * t_i + (1 - lam) * t_perm[i]``,
+        each sample weighted by the same mixture of the weights."""
+        # lerp(b, a, lam) = lam * a + (1 - lam) * b
+        targets = torch.lerp(targets[perm], targets, lam)
+        if weights is not None:
+            weights = torch.lerp(weights[perm], weights, lam)
+        return self.loss(outputs, targets, weights)
+
+    def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each sample's squared error in the targets' units (mean over outputs)."""
+        scale = torch.as_tensor(self.scale, dtype=torch.float32, device=outputs.device)
+        return ((outputs.float() - targets) * scale).square().mean(dim=1)
+
+    def predict(self, outputs: torch.Tensor, classes: np.ndarray) -> np.ndarray:
+        values = outputs.double().numpy() * self.scale + self.mean
+        return values.ravel() if values.shape[1] == 1 else values
+
+    def decode(self, targets: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        values = targets.astype(np.float64) * self.scale + self.mean
+        return values.ravel() if values.shape[1] == 1 else values

@@ -10,7 +10,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from resnetclf._backbone import to_torchvision_layout
 from resnetclf._checkpoint import save_state_dict_atomic
+from resnetclf._fit_setup import FitPlan, LabelledImages, TrainingParts
 from resnetclf._images import ImageBatches
 from resnetclf._lora import merged_state_dict
 from resnetclf._mixing import MixedBatch, mix_batch
@@ -26,54 +26,18 @@ from resnetclf._param_groups import StageParamGroups, set_frozen_to_eval
 from resnetclf._progress import ProgressReporter
 from resnetclf._schedules import EpochSchedule
 from resnetclf._scoring import EpochScorer
+from resnetclf._tasks import Task
+from resnetclf._test_time import TestTimeViews
 from resnetclf._warnings import user_stacklevel
-
-if TYPE_CHECKING:  # _fit_setup imports this module
-    from resnetclf._fit_setup import FitPlan, TrainingParts
-    from resnetclf._tasks import Task
-    from resnetclf._test_time import TestTimeViews
 
 __all__ = [
     "BestWeights",
     "EpochLoop",
-    "LabelledImages",
     "batch_slices",
     "module_on",
     "predict_logits",
     "weight_average",
 ]
-
-
-@dataclass
-class LabelledImages:
-    """The samples ``indices`` of ``images``, with their encoded labels and,
-    when the fit is weighted, their weights."""
-
-    images: ImageBatches
-    indices: np.ndarray
-    labels: np.ndarray  # class index per sample of ``images``, not of ``indices``
-    weights: np.ndarray | None = None  # float32 per sample of ``images``, or None
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def targets(self, batch_indices: np.ndarray, device: torch.device) -> torch.Tensor:
-        return torch.from_numpy(self.labels[batch_indices]).to(
-            device, non_blocking=True
-        )
-
-    def batch_weights(
-        self, batch_indices: np.ndarray, device: torch.device
-    ) -> torch.Tensor | None:
-        if self.weights is None:
-            return None
-        return torch.from_numpy(self.weights[batch_indices]).to(
-            device, non_blocking=True
-        )
-
-    def index_weights(self) -> np.ndarray | None:
-        """The weights of ``indices``, in order (for scorers)."""
-        return None if self.weights is None else self.weights[self.indices]
 
 
 def batch_slices(n_samples: int, batch_size: int, training: bool) -> list[slice]:

@@ -2,7 +2,8 @@
 
 ``resnetclf train`` runs the report's whole procedure (load or make data,
 80/10/10 split, fine-tuning with the best epoch kept, figures, metrics, the
-saved model); ``resnetclf predict`` applies a saved model to images. Run
+saved model); ``resnetclf predict`` applies a saved model to images;
+``resnetclf export`` writes a saved model as one ONNX file. Run
 ``resnetclf train --help`` or ``resnetclf predict --help`` for the options;
 ``python -m resnetclf`` is the same command.
 """
@@ -47,10 +48,12 @@ from resnetclf._cli_outputs import (
     write_prediction_metrics,
     write_predictions,
 )
+from resnetclf._deployed import INPUT_DTYPES, INPUT_LAYOUTS, resolve_input_layout
 from resnetclf._fit_setup import check_before_data
 from resnetclf.datasets import load_merged, make_digit_sums, write_merged
+from resnetclf.export import export_onnx
 
-__all__ = ["build_parser", "main", "predict", "train"]
+__all__ = ["build_parser", "export", "main", "predict", "train"]
 
 CHECKPOINT_NAME = "resnet-step.safetensors"
 # The merged dataset's image shape, as make_digit_sums makes it by default.
@@ -155,6 +158,21 @@ predictions.metrics.json).
 exit status: 0 done; 1 images unreadable; 2 bad arguments, or a --model
 that cannot be read or is refused (a hostile or damaged model folder)."""
 
+_EXPORT_EPILOG = """\
+examples:
+  resnetclf export --model runs/quick/model --out model.onnx
+  resnetclf export --model runs/quick/model --out model.onnx \\
+      --input-layout NCHW --input-dtype float32
+
+The file takes a batch of images (any number) in the layout and dtype given,
+and returns the probability of each class; the classes, the layout and the
+image shape are in its metadata (metadata_props). Needs the onnx extra:
+pip install "resnetclf[onnx]".
+
+exit status: 0 done; 1 the onnx extra is missing; 2 bad arguments, a --model
+that cannot be read, an --out that cannot be written, or a model that cannot
+be exported."""
+
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Each option's default after its help, when it has one; the description
@@ -253,7 +271,59 @@ def build_parser() -> argparse.ArgumentParser:
         command_parser=data_parser,
         threads=None,
     )
+    export_parser = commands.add_parser(
+        "export",
+        help="write a saved model as one ONNX file (images in, probabilities out)",
+        description=_paragraph(
+            """Write a model saved by 'resnetclf train' (or
+            resnetclf.save_model) as one ONNX graph from raw images to class
+            probabilities, with the scaling, channel handling and
+            normalisation inside, for onnxruntime."""
+        ),
+        epilog=_EXPORT_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    _add_export_arguments(export_parser)
+    export_parser.set_defaults(
+        run=export,
+        check=lambda parser, args: None,
+        command_parser=export_parser,
+        threads=None,
+    )
     return parser
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR",
+        help="folder written by 'resnetclf train' (OUT/model) or save_model",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="FILE", help="the ONNX file to write"
+    )
+    parser.add_argument(
+        "--input-layout",
+        choices=("auto", *INPUT_LAYOUTS),
+        default="auto",
+        help="layout of the images the file takes: (N, H, W), (N, H, W, C), "
+        "(N, C, H, W) or flat rows (N, H*W*C); auto is NHW for a grayscale "
+        "model, NHWC for a colour one",
+    )
+    parser.add_argument(
+        "--input-dtype",
+        choices=INPUT_DTYPES,
+        default="uint8",
+        help="dtype of the images the file takes: uint8 is divided by 255, "
+        "floats are taken as in [0, 1]",
+    )
+    parser.add_argument(
+        "--opset",
+        type=_positive_int,
+        metavar="N",
+        help="ONNX opset version (default: the exporter's)",
+    )
 
 
 def _add_make_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -477,7 +547,7 @@ def _check_predict_arguments(parser: argparse.ArgumentParser, args) -> None:
 
 # --------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``resnetclf train``, ``resnetclf predict`` or ``resnetclf make-data``.
+    """Run ``resnetclf train``, ``predict``, ``make-data`` or ``export``.
 
     Parameters
     ----------
@@ -766,3 +836,47 @@ def _prediction_data(args) -> tuple[np.ndarray, np.ndarray | None]:
             "one label per image of --images"
         )
     return X, y
+
+
+# ------------------------------------------------------------------- export
+def export(args: argparse.Namespace) -> int:
+    """The ``export`` subcommand on parsed arguments; see ``resnetclf export -h``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments of ``export``.
+
+    Returns
+    -------
+    status : int
+        0 on success, 1 without the onnx extra, 2 for a model that cannot be
+        read or exported or a file that cannot be written.
+    """
+    try:
+        clf = load_model(args.model)
+    except (OSError, ValueError) as exc:
+        _error(f"could not load the model: {exc}")
+        return 2
+    try:
+        path = export_onnx(
+            clf,
+            args.out,
+            input_layout=args.input_layout,
+            input_dtype=args.input_dtype,
+            opset_version=args.opset,
+        )
+    except ImportError as exc:
+        _error(str(exc))
+        return 1
+    except ValueError as exc:
+        _error(f"could not export the model: {exc}")
+        return 2
+    layout = resolve_input_layout(args.input_layout, clf.image_shape_[2])
+    megabytes = path.stat().st_size / 1e6
+    print(
+        f"wrote {path} ({megabytes:.1f} MB): images {layout} {args.input_dtype} "
+        f"of {clf.image_shape_[0]}x{clf.image_shape_[1]} -> probabilities of "
+        f"{len(clf.classes_)} classes"
+    )
+    return 0

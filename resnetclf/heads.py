@@ -193,7 +193,8 @@ class _DigitSumReader(nn.Module):
     def attention(self, feature_map: torch.Tensor) -> torch.Tensor:
         """Each slot's attention over the map's cells, ``(N, n_digits, h*w)``."""
         cells, positions = self._cells(feature_map)
-        positions = positions.expand(len(cells), -1, -1)
+        # shape[0], not len(): an ONNX export keeps the batch size symbolic.
+        positions = positions.expand(cells.shape[0], -1, -1)
         logits = self.where(torch.cat([cells, positions], dim=2))
         return logits.transpose(1, 2).softmax(dim=2)
 

@@ -7,14 +7,20 @@ epochs: a few seconds each on a CPU. Session fixtures are read only.
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pytest
+import safetensors
+import safetensors.torch
 import torch
 import torchvision
 
 from resnetclf import ResNetFineTuneClassifier
+from resnetclf._checkpoint import safetensors_bytes
+from resnetclf._persistence import METADATA_KEY, WEIGHTS_FILE
 
 # The tests' networks are tiny: on one thread they skip the fork/join cost of
 # each op, which dominates at this size (and a test that needs more threads
@@ -34,6 +40,25 @@ def small_classifier(**params) -> ResNetFineTuneClassifier:
     )
     defaults.update(params)
     return ResNetFineTuneClassifier(**defaults)
+
+
+def model_settings(folder) -> dict:
+    """The settings ``save_model`` wrote into a folder's file, parsed."""
+    with safetensors.safe_open(Path(folder) / WEIGHTS_FILE, "pt") as file:
+        return json.loads(file.metadata()[METADATA_KEY])
+
+
+def rewrite_model(folder, settings=None, tensors=None) -> Path:
+    """Rewrite a saved model's file with other settings (a dict, or any text)
+    or other tensors, as anyone who can write the file could."""
+    path = Path(folder) / WEIGHTS_FILE
+    if settings is None:
+        settings = model_settings(folder)
+    if tensors is None:
+        tensors = safetensors.torch.load_file(path)
+    text = settings if isinstance(settings, str) else json.dumps(settings)
+    path.write_bytes(safetensors_bytes(tensors, {METADATA_KEY: text}))
+    return Path(folder)
 
 
 def predicting_in_fp32(clf: ResNetFineTuneClassifier) -> ResNetFineTuneClassifier:

@@ -148,6 +148,28 @@ def test_bench_predict_in_a_subprocess(tmp_path):
     assert (statuses["predict_bf16_vs_fp32"] == "n/a") == (precision != "bf16")
 
 
+def test_bench_onnx_quick(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    bench = _load_script("bench_onnx")
+    out = tmp_path / "onnx.json"
+    bench.main([*QUICK, "--repeats", "2", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert FRAME_KEYS | {"onnx"} <= set(result)
+    onnx = result["onnx"]
+    assert onnx["onnx_agrees_with_fp32_predict"] is True
+    assert onnx["file_bytes"] > 0 and onnx["export_seconds"] > 0
+    for name in ("library", "onnxruntime"):
+        assert len(onnx[name]["rounds_images_per_second"]) == 2
+    assert ("library_fp32" in onnx) == (onnx["precision"] != "fp32")
+    for clock in ("wall", "cpu"):
+        assert set(result["ratios"][clock]) == set(bench.RATIO_LABELS)
+    assert result["targets"] == []
+    assert "onnxruntime / predict" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--device cpu"):
+        bench.main([*QUICK, "--device", "cuda"])
+
+
 def test_bench_memory_quick(tmp_path, capsys):
     bench = _load_script("bench_memory")
     out = tmp_path / "memory.json"
@@ -413,7 +435,9 @@ def test_bench_photos_quick(tmp_path, capsys):
     assert result["accuracy"]["standin"]["seconds"] > 0
     assert len(list(cache.glob("photo-standin-*.safetensors"))) == 1
     table = capsys.readouterr().out
-    assert "| stand-in, 4x (32 px), photo + CutMix 1 |" in table
+    scale = bench.Config().base_scale
+    side = 8 * scale  # the quick run's 8-px patches
+    assert f"| stand-in, {scale}x ({side} px), photo + CutMix 1 |" in table
     assert bench.main(["--table", str(out)]) == result
     assert capsys.readouterr().out == table
 

@@ -36,6 +36,8 @@ LAST_WORDS = {
     "plot_dask_grid_search.py": "test accuracy of the best model:",
     "plot_merged_dataset.py": "the loaded model gives the same probabilities: True",
     "plot_digit_sums.py": "digits read right:",
+    "plot_feature_extractor.py": "test accuracy of the best C:",
+    "plot_calibration.py": "calibrated with:",
 }
 
 
@@ -110,7 +112,7 @@ def _check_merged_dataset_run(out, tmp_path):
     (out,) = tmp_path.glob("resnetclf-merged-*")
     assert (out / "resnet-step.safetensors").stat().st_size > 0
     saved = sorted(path.name for path in (out / "model").iterdir())
-    assert saved == ["estimator.json", "model.safetensors"]
+    assert saved == ["model.safetensors"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.stem)

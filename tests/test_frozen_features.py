@@ -30,13 +30,13 @@ def data():
 def _spy_on_features(monkeypatch) -> list[int]:
     """Count how often the backbone's features are computed."""
     calls = []
-    original = frozen_features.pooled_features
+    original = frozen_features.features_of_all
 
     def counted(*args):
         calls.append(1)
         return original(*args)
 
-    monkeypatch.setattr(frozen_features, "pooled_features", counted)
+    monkeypatch.setattr(frozen_features, "features_of_all", counted)
     return calls
 
 

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import small_classifier
+from conftest import model_settings, rewrite_model, small_classifier
 from resnetclf import DigitSumHead, load_model, save_model
 from resnetclf._acceleration.bn_folding import folded_for_inference
 from resnetclf._backbone import MapHeadResNet, build_resnet
@@ -232,13 +232,10 @@ def test_saved_and_loaded_with_its_head(fitted_digit_sum, two_digit_sums, tmp_pa
 
 
 def test_a_model_file_naming_an_unknown_head_is_refused(fitted_digit_sum, tmp_path):
-    import json
-
-    save_model(fitted_digit_sum, tmp_path / "model")
-    path = tmp_path / "model" / "estimator.json"
-    document = json.loads(path.read_text())
-    document["params"]["head"] = {"head": ["os.system", {"n_digits": 2}]}
-    path.write_text(json.dumps(document))
+    folder = save_model(fitted_digit_sum, tmp_path / "model")
+    document = model_settings(folder)
+    document["params"]["head"] = {"head": ["os.system", {"dict": [["n_digits", 2]]}]}
+    rewrite_model(folder, document)
     with pytest.raises(ValueError, match="unknown head"):
         load_model(tmp_path / "model")
 
@@ -326,8 +323,6 @@ def test_the_mistakes_gallery_shows_the_digits_read(fitted_digit_sum, two_digit_
 
 
 def test_the_command_trains_a_digit_sum_head(tmp_path):
-    import json
-
     from resnetclf.cli import main
 
     out = tmp_path / "run"
@@ -340,7 +335,7 @@ def test_the_command_trains_a_digit_sum_head(tmp_path):
         ]
     )  # fmt: skip
     assert status == 0
-    document = json.loads((out / "model" / "estimator.json").read_text())
+    document = model_settings(out / "model")
     loaded = load_model(out / "model")
     assert loaded.head == DigitSumHead(n_digits=2)
-    assert document["fitted"]["image_shape_"] == [16, 40, 1]
+    assert document["fitted"]["image_shape_"] == {"tuple": [16, 40, 1]}

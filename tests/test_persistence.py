@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import pickle
 from pathlib import Path
 
@@ -16,10 +14,15 @@ import torch
 import torchvision
 from sklearn.exceptions import NotFittedError
 
-from conftest import small_classifier
-from resnetclf import ResNetFineTuneClassifier, load_model, save_model
+from conftest import model_settings, rewrite_model, small_classifier
+from resnetclf import (
+    ResNetFineTuneClassifier,
+    ResNetFineTuneRegressor,
+    load_model,
+    save_model,
+)
 from resnetclf._checkpoint import save_state_dict_atomic
-from resnetclf._persistence import ESTIMATOR_FILE, FORMAT_NAME, WEIGHTS_FILE
+from resnetclf._persistence import METADATA_KEY, WEIGHTS_FILE
 
 
 def _roundtrip(clf, folder: Path) -> ResNetFineTuneClassifier:
@@ -61,7 +64,7 @@ def saved(fitted, tmp_path_factory):
 
 def test_roundtrip_predicts_identically_and_keeps_everything(saved):
     clf, X, folder = saved
-    assert sorted(p.name for p in folder.iterdir()) == [ESTIMATOR_FILE, WEIGHTS_FILE]
+    assert [p.name for p in folder.iterdir()] == [WEIGHTS_FILE]
     loaded = load_model(folder)
     assert np.array_equal(loaded.predict_proba(X), clf.predict_proba(X))
     assert np.array_equal(loaded.predict(X), clf.predict(X))
@@ -125,17 +128,20 @@ def test_weights_load_into_torchvision_as_they_are(saved):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_json_says_what_it_holds(saved):
+def test_the_metadata_says_what_it_holds(saved):
     clf, _, folder = saved
-    document = json.loads((folder / ESTIMATOR_FILE).read_text())
-    assert document["format"] == FORMAT_NAME and document["format_version"] == 2
-    assert document["weights"]["file"] == WEIGHTS_FILE == "model.safetensors"
-    assert document["weights"]["num_classes"] == len(clf.classes_)
-    assert document["weights"]["input_channels"] == 1
+    with safetensors.safe_open(folder / WEIGHTS_FILE, "pt") as file:
+        assert set(file.metadata()) == {"format", METADATA_KEY}
+        assert file.metadata()["format"] == "pt"
+    document = model_settings(folder)
+    assert set(document) == {"estimator", "versions", "params", "fitted"}
+    assert document["estimator"] == "ResNetFineTuneClassifier"
+    assert document["versions"]["torch"] == torch.__version__
     assert document["params"]["arch"] == "resnet18"
     assert document["params"]["normalization"] == {"tuple": [0.5, 0.5]}
     assert document["fitted"]["best_epoch_"] == clf.best_epoch_
-    assert document["fitted"]["classes_"] == {"dtype": "<i8", "values": [0, 1, 2]}
+    assert document["fitted"]["classes_"] == {"array": ["<i8", [0, 1, 2]]}
+    assert document["fitted"]["_model_channels"] == 1
     assert set(clf.get_params()) == set(document["params"])
     assert set(document["fitted"]) == set(vars(clf)) - set(clf.get_params()) - {
         "module_"
@@ -234,11 +240,24 @@ def test_what_json_cannot_hold_is_refused_before_writing(
 def test_save_refuses_unfitted_foreign_and_file_targets(fitted, tmp_path):
     with pytest.raises(NotFittedError):
         save_model(small_classifier(), tmp_path / "a")
-    with pytest.raises(TypeError, match="ResNetFineTuneClassifier"):
+    with pytest.raises(TypeError, match="ResNetFineTuneRegressor"):
         save_model(object(), tmp_path / "b")
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         save_model(fitted[0], tmp_path / "file")
+
+
+def test_the_file_alone_loads_and_is_a_weights_source(saved, tmp_path, tiny_images):
+    """One file is the whole model: copied anywhere, it loads, and weights=
+    reads it (or its folder) as a plain state dict."""
+    clf, X, folder = saved
+    alone = tmp_path / "anywhere.safetensors"
+    alone.write_bytes((folder / WEIGHTS_FILE).read_bytes())
+    assert np.array_equal(load_model(alone).predict_proba(X), clf.predict_proba(X))
+    X_fit, y_fit = tiny_images
+    for weights in (alone, folder):
+        refit = small_classifier(weights=weights, max_iter=1).fit(X_fit, y_fit)
+        assert refit.module_.fc.out_features == 3
 
 
 def test_pickle_and_joblib_still_work(fitted, tmp_path):
@@ -258,22 +277,15 @@ def copy_of_saved(saved, tmp_path):
     _, _, folder = saved
     target = tmp_path / "model"
     target.mkdir()
-    for name in (ESTIMATOR_FILE, WEIGHTS_FILE):
-        (target / name).write_bytes((folder / name).read_bytes())
+    (target / WEIGHTS_FILE).write_bytes((folder / WEIGHTS_FILE).read_bytes())
     return target
 
 
-def _rehash(folder: Path) -> None:
-    """What an attacker who rewrites both files does."""
-    digest = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
-    _edit_json(folder, lambda d: d["weights"].update(sha256=digest))
-
-
-def _edit_json(folder: Path, edit) -> None:
-    path = folder / ESTIMATOR_FILE
-    document = json.loads(path.read_text())
+def _edit_settings(folder: Path, edit) -> None:
+    """What anyone who can write the file can do: change its settings."""
+    document = model_settings(folder)
     edit(document)
-    path.write_text(json.dumps(document))
+    rewrite_model(folder, document)
 
 
 class _OpensAFile:
@@ -286,8 +298,8 @@ class _OpensAFile:
         return (open, (str(self.marker), "w"))
 
 
-@pytest.mark.parametrize("hash_updated", [False, True])
-def test_a_pickle_with_code_never_runs(copy_of_saved, tmp_path, hash_updated):
+@pytest.mark.parametrize("target", ["folder", "file"])
+def test_a_pickle_with_code_never_runs(copy_of_saved, tmp_path, target):
     marker = tmp_path / "marker"
     weights = copy_of_saved / WEIGHTS_FILE
     with open(weights, "wb") as file:  # a pickle under the safetensors name
@@ -297,40 +309,46 @@ def test_a_pickle_with_code_never_runs(copy_of_saved, tmp_path, hash_updated):
         torch.load(file, weights_only=False)
     assert marker.exists()
     marker.unlink()
-    if hash_updated:
-        _rehash(copy_of_saved)
-    match = "is not a valid safetensors file" if hash_updated else "SHA-256"
-    with pytest.raises(ValueError, match=match):
-        load_model(copy_of_saved)
+    with pytest.raises(ValueError, match="is not a valid safetensors file"):
+        load_model(copy_of_saved if target == "folder" else weights)
     assert not marker.exists()
 
 
-def test_a_version_1_folder_is_refused_with_how_to_convert(copy_of_saved, tmp_path):
+def test_other_files_in_the_folder_are_never_read(copy_of_saved, tmp_path):
     marker = tmp_path / "marker"
     (copy_of_saved / WEIGHTS_FILE).unlink()
     torch.save({"conv1.weight": _OpensAFile(marker)}, copy_of_saved / "weights.pth")
-    _edit_json(copy_of_saved, lambda d: d.update(format_version=1))
-    with pytest.raises(ValueError, match="format version 1.*convert it") as error:
+    (copy_of_saved / "estimator.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=WEIGHTS_FILE):
         load_model(copy_of_saved)
-    assert "Saving a fitted model" in str(error.value)
     assert not marker.exists()
 
 
+def test_a_plain_state_dict_is_refused(copy_of_saved):
+    # The same network, tensors only: what save_state_dict_atomic writes.
+    tensors = safetensors.torch.load_file(copy_of_saved / WEIGHTS_FILE)
+    save_state_dict_atomic(tensors, copy_of_saved / WEIGHTS_FILE)
+    with pytest.raises(ValueError, match="no resnetclf settings in its metadata"):
+        load_model(copy_of_saved)
+
+
 def test_weights_of_another_network_are_refused(copy_of_saved):
-    weights = copy_of_saved / WEIGHTS_FILE
     other = torchvision.models.resnet18(num_classes=5).state_dict()
-    save_state_dict_atomic(other, weights)
-    _rehash(copy_of_saved)
-    with pytest.raises(ValueError, match=r"safetensors' does not fit.*fc\.weight"):
+    rewrite_model(copy_of_saved, tensors=other)
+    with pytest.raises(ValueError, match=r"safetensors' .*do not fit.*fc\.weight"):
         load_model(copy_of_saved)
 
 
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (lambda d: d.update(format="sklearn-onnx"), "another format"),
-        (lambda d: d.update(format_version=3), "format version 3"),
-        (lambda d: d.update(estimator="MLPClassifier"), "MLPClassifier"),
+        (lambda d: d.update(format="sklearn-onnx"), "settings must be an object"),
+        (lambda d: d.pop("versions"), "settings must be an object"),
+        (lambda d: d.update(estimator="MLPClassifier"), "estimator must be one of"),
+        (
+            lambda d: d.update(estimator="ResNetFineTuneRegressor"),
+            r"params: unknown \['class_weight', 'label_smoothing'\]",
+        ),
         (lambda d: d["params"].update(max_iter="many"), "max_iter"),
         (lambda d: d["params"].update(new_knob=1), "new_knob"),
         (lambda d: d["fitted"].update(predict="x"), "predict"),
@@ -338,16 +356,30 @@ def test_weights_of_another_network_are_refused(copy_of_saved):
         (lambda d: d["params"].update(tol={"__eval__": "1"}), "__eval__"),
         (lambda d: d["fitted"].pop("classes_"), "classes_"),
         (
-            lambda d: d["fitted"]["classes_"].update(values=[0, 1, 2, 3]),
-            "4 classes",
+            lambda d: d["fitted"].update(classes_={"array": ["<i8", [0, 1, 2, 3]]}),
+            "4 outputs",
         ),
-        (lambda d: d["fitted"]["classes_"].update(dtype="|V8"), "dtype"),
-        (lambda d: d["weights"].update(sha256="0" * 64), "SHA-256"),
+        (
+            lambda d: d["fitted"].update(classes_={"array": ["|V8", [0, 1, 2]]}),
+            "dtype",
+        ),
+        (lambda d: d["fitted"].update(n_iter_="3"), r"wrong type.*n_iter_"),
+        (
+            lambda d: d["fitted"].update(
+                image_shape_={"tuple": [12, 20, 3]}, n_features_in_=720
+            ),
+            "channels disagree with _model_channels",
+        ),
+        (
+            lambda d: d["fitted"].update(image_shape_={"tuple": [12, 21, 1]}),
+            "n_features_in_ disagrees",
+        ),
     ],
     ids=[
-        "format",
-        "version",
+        "extra-key",
+        "missing-key",
         "estimator",
+        "another-estimator",
         "param-type",
         "param-unknown",
         "method-name",
@@ -356,32 +388,32 @@ def test_weights_of_another_network_are_refused(copy_of_saved):
         "no-classes",
         "classes-vs-head",
         "odd-dtype",
-        "hash",
+        "fitted-type",
+        "rgb-but-one-channel",
+        "shape-vs-features",
     ],
 )
-def test_tampered_json_is_refused(copy_of_saved, edit, match):
-    _edit_json(copy_of_saved, edit)
+def test_tampered_settings_are_refused(copy_of_saved, edit, match):
+    _edit_settings(copy_of_saved, edit)
     with pytest.raises(ValueError, match=match):
         load_model(copy_of_saved)
 
 
-@pytest.mark.parametrize(
-    "text", [b"not json {", b"\xff\xfe\x00", b"[1, 2]", b'{"format": NaN}']
-)
-def test_garbage_json_is_refused(copy_of_saved, text):
-    (copy_of_saved / ESTIMATOR_FILE).write_bytes(text)
-    with pytest.raises(ValueError, match="estimator.json"):
+@pytest.mark.parametrize("text", ["not json {", "", "[1, 2]", '{"format": NaN}'])
+def test_garbage_settings_are_refused(copy_of_saved, text):
+    rewrite_model(copy_of_saved, text)
+    with pytest.raises(ValueError, match="model.safetensors' is not a valid model"):
         load_model(copy_of_saved)
 
 
-@pytest.mark.parametrize("missing", [ESTIMATOR_FILE, WEIGHTS_FILE, None])
+@pytest.mark.parametrize("missing", [WEIGHTS_FILE, None])
 def test_missing_files_are_named(copy_of_saved, missing):
     folder = copy_of_saved
     if missing is None:
         folder = folder / "nowhere"
     else:
         (folder / missing).unlink()
-    with pytest.raises(FileNotFoundError, match=missing or ESTIMATOR_FILE):
+    with pytest.raises(FileNotFoundError, match=WEIGHTS_FILE):
         load_model(folder)
 
 
@@ -399,3 +431,34 @@ def test_a_fit_with_the_accuracy_methods_roundtrips(tiny_images, tmp_path):
     loaded = _roundtrip(clf, tmp_path / "model")
     _check_same_estimator(loaded, clf)
     assert np.array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+
+
+def test_a_multi_label_fit_roundtrips(tiny_images, tmp_path):
+    X, y = tiny_images
+    indicator = np.stack([y == 0, y != 1, y == 2], axis=1).astype(int)
+    clf = small_classifier(max_iter=1).fit(X, indicator)
+    loaded = _roundtrip(clf, tmp_path / "model")
+    assert loaded._multi_label is True
+    _check_same_estimator(loaded, clf)
+    assert np.array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    assert np.array_equal(loaded.predict(X), clf.predict(X))
+
+
+def test_a_regressor_roundtrips_and_its_standardisation_is_checked(
+    tiny_images, tmp_path
+):
+    X, y = tiny_images
+    values = np.c_[y * 10.0 + 3.0, -y]
+    reg = ResNetFineTuneRegressor(
+        arch="resnet18", weights=None, max_iter=1, batch_size=16, random_state=0
+    ).fit(X, values)
+    loaded = _roundtrip(reg, tmp_path / "model")
+    assert type(loaded) is ResNetFineTuneRegressor
+    _check_same_estimator(loaded, reg)
+    assert np.array_equal(loaded.predict(X), reg.predict(X))
+    _edit_settings(
+        tmp_path / "model",
+        lambda d: d["fitted"].update(_target_scale=d["fitted"]["_target_mean"]),
+    )
+    with pytest.raises(ValueError, match="_target_scale"):
+        load_model(tmp_path / "model")

@@ -89,11 +89,16 @@ class Mutation:
     breaks: str  # what a user would see
 
 
+# A mutant's rotation of up to 10 degrees, drawn from torch's global RNG.
+_ROTATE_10 = (
+    '__import__("resnetclf._augment", fromlist=["_"]).RotationAugmentation(10.0)'
+)
 CORE = "tests/test_core_behaviour.py::"
 HEADS = "tests/test_heads.py::"
 CKPT = "tests/test_checkpoint.py::"
 ROBUST = "tests/test_robustness.py::"
 EST = "tests/test_estimator.py::"
+HOSTILE = "tests/test_hostile_files.py::"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ---- the breakages the core's tests were written against
@@ -201,8 +206,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "predict_logits",
-                "images.get(np.arange(batch.start, batch.stop))",
-                "images.get(np.arange(batch.start, batch.stop), 10.0)",
+                "inputs = [images.get(indices)]",
+                "inputs = [images.get(indices, " + _ROTATE_10 + ")]",
             ),
         ),
         (CORE + "test_predict_is_deterministic_and_sees_unrotated_normalised_images",),
@@ -214,7 +219,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "EpochLoop.train_epoch",
-                "data.images.get(indices, degrees, self.generator)",
+                "data.images.get(indices, augment, self.generator)",
                 "data.images.get(indices)",
             ),
         ),
@@ -228,7 +233,7 @@ MUTATIONS: tuple[Mutation, ...] = (
             Edit(
                 "EpochLoop.evaluate",
                 "data.images.get(indices)",
-                "data.images.get(indices, 10.0)",
+                "data.images.get(indices, " + _ROTATE_10 + ")",
             ),
         ),
         (
@@ -449,6 +454,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         (HEADS + "test_head_output_is_float32_under_bf16_autocast",),
         "under bf16 the sum's rarest classes lose their probability",
+    ),
+    Mutation(
+        "loaded-tensors-unchecked",
+        "resnetclf/_persistence.py",
+        (Edit("_check_fitted", "if got.get(k) != want.get(k)", "if False"),),
+        (
+            HOSTILE + "test_tensors_that_do_not_fit_the_settings_are_refused",
+            "tests/test_persistence.py::test_weights_of_another_network_are_refused",
+        ),
+        "a model file whose tensors disagree with its settings fails past load",
+    ),
+    Mutation(
+        "random-state-position-unchecked",
+        "resnetclf/_model_json.py",
+        (Edit("_random_state", "and 0 <= pos <= 624", ""),),
+        (HOSTILE + "test_a_lying_random_state_is_refused",),
+        "a model file's RandomState reads outside its keys",
     ),
     Mutation(
         "foreign-head-loaded",

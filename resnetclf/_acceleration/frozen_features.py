@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnetclf._backbone import feature_map
+from resnetclf._features import pooled_features
 from resnetclf._images import ImageBatches
 from resnetclf._switches import current as switches
 
-__all__ = ["FeatureBatches", "features_suffice", "pooled_features"]
+__all__ = ["FeatureBatches", "features_of_all", "features_suffice"]
 
 
 def features_suffice(
@@ -49,13 +49,8 @@ def features_suffice(
     )
 
 
-def _pooled_features(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """What torchvision's ResNet hands ``fc``: the flattened pooled map."""
-    return torch.flatten(model.avgpool(feature_map(model, inputs)), 1)
-
-
 @torch.no_grad()
-def pooled_features(
+def features_of_all(
     images: ImageBatches, model: nn.Module, batch_size: int, autocast
 ) -> torch.Tensor:
     """The pooled features of every image, in order, on the device."""
@@ -65,7 +60,8 @@ def pooled_features(
     for start in range(0, len(images), batch_size):
         indices = np.arange(start, min(start + batch_size, len(images)))
         with autocast():
-            batch = _pooled_features(model, images.get(indices))
+            # What torchvision's ResNet hands ``fc``: the pooled last map.
+            batch = pooled_features(model, images.get(indices))
         if features is None:
             # One buffer on the device for every row.
             shape = (len(images), batch.shape[1])
@@ -100,7 +96,7 @@ class FeatureBatches:
     ) -> None:
         self.device = images.device
         self.model_channels = images.model_channels
-        self.features = pooled_features(images, model, batch_size, autocast)
+        self.features = features_of_all(images, model, batch_size, autocast)
 
     def __len__(self) -> int:
         return len(self.features)
