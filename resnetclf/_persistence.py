@@ -1,16 +1,13 @@
 """A fitted estimator as one safetensors file that runs no code when loaded.
 
-``save_model`` writes ``model.safetensors`` into a folder: the network's
-tensors in torchvision's layout and, in the file's own metadata (strings to
-strings), the parameters and fitted attributes as JSON under ``"resnetclf"``.
-
-Why the metadata rather than a JSON file beside the tensors: one file is the
-whole model, so settings and tensors cannot be separated, half replaced or
-paired with another model's; no hash has to bind two files and one atomic
-write saves it. safetensors checks the whole header, metadata included,
-before anything is read, and every other reader (torchvision, ``weights=``)
-ignores the metadata and sees a plain state dict. The cost: the settings are
-not a text file; ``safetensors.safe_open(path, "pt").metadata()`` shows them.
+``save_model`` writes ``model.safetensors``: the network's tensors in
+torchvision's layout and, as JSON in the file's own metadata under
+``"resnetclf"``, the parameters and fitted attributes. One file is the whole
+model: settings and tensors cannot be separated or paired with another
+model's, one atomic write saves it, safetensors checks the whole header
+before anything is read, and other readers (torchvision, ``weights=``) see a
+plain state dict. ``safetensors.safe_open(path, "pt").metadata()`` shows the
+settings.
 """
 
 from __future__ import annotations
@@ -65,15 +62,13 @@ def _records(history) -> bool:
     )
 
 
-def _values(v, n: int | None = None, positive: bool = False) -> bool:
-    """A 1-D float64 array of finite values (of ``n``, all > 0 if asked)."""
+def _values(v, positive: bool = False) -> bool:
+    """A 1-D float64 array of finite values (all > 0 if asked)."""
     return (
         isinstance(v, np.ndarray)
         and v.dtype == np.float64
         and v.ndim == 1
-        and (n is None or len(v) == n)
-        and bool(np.isfinite(v).all())
-        and (not positive or bool((v > 0).all()))
+        and bool(np.isfinite(v).all() and (not positive or (v > 0).all()))
     )
 
 
@@ -110,9 +105,8 @@ _OUTPUTS = {
     },
 }
 _ESTIMATORS = {cls.__name__: cls for cls in _OUTPUTS}
-# Absent from fits without feature names; an absent _multi_label reads False,
-# as the estimator itself reads it; the others are set by fits that resize or
-# take test-time views.
+# Absent from fits without feature names, resizing or test-time views; an
+# absent _multi_label reads False, as the estimator itself reads it.
 _OPTIONAL = {
     "feature_names_in_",
     "_multi_label",
@@ -130,12 +124,10 @@ def save_model(estimator: ResNetFineTuneBase, path: str | os.PathLike) -> Path:
     """Save a fitted estimator to a folder that loads without running code.
 
     The folder gets one file, ``model.safetensors``: the network's tensors in
-    torchvision's layout (a grayscale stem spread over three channels) and, in
-    its metadata, the parameters, the fitted attributes (``classes_`` with
-    their dtype, ``history_``, ...) and the versions, as JSON. A value with
-    no exact form there (a function as ``arch``, ``head`` or ``scoring``, a
-    non-finite number, ...) is refused before anything is written: pickle
-    keeps such an estimator.
+    torchvision's layout and, in its metadata, the parameters, the fitted
+    attributes and the versions. A value with no exact form there (a function
+    as ``arch``, ``head`` or ``scoring``, a non-finite number, ...) is refused
+    before anything is written: pickle keeps such an estimator.
 
     Parameters
     ----------
@@ -207,11 +199,10 @@ def _encoded(value, tags: frozenset, where: str):
 def load_model(path: str | os.PathLike) -> ResNetFineTuneBase:
     """Load an estimator saved by :func:`save_model`, without running code.
 
-    Nothing is unpickled or downloaded: safetensors checks the file's header
-    before allocating anything, the settings are strict JSON decoded into
-    plain values and the format's few types, the parameters pass the
-    estimator's own validation, and the fitted attributes must agree with
-    each other and with the tensors. It predicts as the saved one did.
+    Nothing is unpickled or downloaded: safetensors checks the header before
+    allocating anything, the settings are strict JSON, the parameters pass the
+    estimator's own validation and the fitted attributes must agree with each
+    other and with the tensors.
 
     Parameters
     ----------
@@ -221,8 +212,7 @@ def load_model(path: str | os.PathLike) -> ResNetFineTuneBase:
     Returns
     -------
     estimator : ResNetFineTuneClassifier or ResNetFineTuneRegressor
-        The saved one's class, fitted; the network is on the CPU and moves to
-        ``device`` to predict.
+        The saved one's class, fitted, its network on the CPU.
 
     Raises
     ------
