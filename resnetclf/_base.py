@@ -29,12 +29,10 @@ from sklearn.utils.validation import (
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from resnetclf._acceleration.bn_folding import folded_for_inference, worth_folding
 from resnetclf._acceleration.compile import COMPILE_MODES, compiled_forward
 from resnetclf._acceleration.conv_weight_grad import gemm_weight_grads
 from resnetclf._acceleration.cuda_graphs import cuda_graphed
 from resnetclf._acceleration.devices import (
-    amp_dtype_for,
     cudnn_autotuned,
     resolve_device,
 )
@@ -64,6 +62,7 @@ from resnetclf._images import (
     array_ndim,
     infer_layout,
 )
+from resnetclf._inference import run_batched
 from resnetclf._lora import add_lora_adapters, merge_lora_adapters
 from resnetclf._param_groups import (
     OPTIMIZERS,
@@ -88,8 +87,6 @@ from resnetclf._training import (
     EpochLoop,
     autocast_context,
     batch_slices,
-    module_on,
-    predict_logits,
     weight_average,
 )
 from resnetclf.heads import HEAD_NAMES
@@ -538,35 +535,21 @@ class ResNetFineTuneBase(BaseEstimator):
         ``views`` (a batch's test-time views), one per view, stacked."""
         check_is_fitted(self)
         X, _, layout = self._validate_images(X, expected=self.image_shape_)
-        device = resolve_device(self.device)
-        model = module_on(self.module_, device)
         mean, std = self._normalization_stats
         # A model fitted before input_size took its images as they were.
         height, width = getattr(self, "input_size_", self.image_shape_[:2])
         images = ImageBatches(
-            X, layout, device, mean, std, self._model_channels, size=(height, width)
+            X,
+            layout,
+            resolve_device(self.device),
+            mean,
+            std,
+            self._model_channels,
+            size=(height, width),
         )
-        amp_dtype = amp_dtype_for(device, self.precision)
-        inference_model = model
-        n_views = 1 if views is None else len(views)
-        if device.type == "cpu" and worth_folding(
-            model, n_views * len(images), height, width
-        ):
-            # Measured on CPUs only; on CUDA the graphs below take the launches.
-            inference_model = folded_for_inference(model)
-        with (
-            cudnn_autotuned(device),
-            cuda_graphed(
-                forward_of(inference_model),
-                inference_model,
-                device,
-                self.batch_size,
-                evaluation_batches=n_views * (len(images) // self.batch_size),
-            ) as forward,
-        ):
-            return predict_logits(
-                forward, inference_model, images, self.batch_size, amp_dtype, views
-            )
+        return run_batched(
+            forward_of, self.module_, images, self.batch_size, self.precision, views
+        )
 
     # ---------------------------------------------------------- persistence
     def __getstate__(self):

@@ -18,11 +18,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torchvision.models import WeightsEnum
 
-from resnetclf._acceleration.bn_folding import folded_for_inference, worth_folding
-from resnetclf._acceleration.cuda_graphs import cuda_graphed
 from resnetclf._acceleration.devices import (
     amp_dtype_for,
-    cudnn_autotuned,
     resolve_device,
 )
 from resnetclf._backbone import build_resnet, check_arch, resolve_weights
@@ -36,7 +33,8 @@ from resnetclf._images import (
     model_input_channels,
     resolve_normalization,
 )
-from resnetclf._training import module_on, predict_logits
+from resnetclf._inference import run_batched
+from resnetclf._training import module_on
 
 __all__ = ["ResNetFeatureExtractor"]
 
@@ -248,31 +246,13 @@ class ResNetFeatureExtractor(
         """
         check_is_fitted(self)
         X, layout = self._validate_images(X)
-        device = resolve_device(self.device)
-        model = module_on(self.module_, device)
         mean, std = self.normalization_
-        images = ImageBatches(X, layout, device, mean, std, model.conv1.in_channels)
-        height, width, _ = self.image_shape_
-        if device.type == "cpu" and worth_folding(model, len(images), height, width):
-            # As predict does: batch norm folded pays on many CPU images.
-            model = folded_for_inference(model)
-        with (
-            cudnn_autotuned(device),
-            cuda_graphed(
-                model,
-                model,
-                device,
-                self.batch_size,
-                evaluation_batches=len(images) // self.batch_size,
-            ) as forward,
-        ):
-            features = predict_logits(
-                forward,
-                model,
-                images,
-                self.batch_size,
-                amp_dtype_for(device, self.precision),
-            )
+        channels = self.module_.conv1.in_channels
+        device = resolve_device(self.device)
+        images = ImageBatches(X, layout, device, mean, std, channels)
+        features = run_batched(
+            lambda model: model, self.module_, images, self.batch_size, self.precision
+        )
         return features.numpy()
 
     def _validate_images(self, X) -> tuple[np.ndarray, ImageLayout]:

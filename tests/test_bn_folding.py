@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import resnetclf._base as estimator_module
+import resnetclf._inference as inference_module
 from conftest import small_classifier
 from resnetclf._acceleration import bn_folding as _bn_folding
 from resnetclf._acceleration.bn_folding import folded_for_inference, worth_folding
@@ -95,7 +95,7 @@ def test_predict_folds_when_it_pays_and_gives_the_same_probabilities(
         calls.append(model)
         return folded_for_inference(model)
 
-    monkeypatch.setattr(estimator_module, "folded_for_inference", spy)
+    monkeypatch.setattr(inference_module, "folded_for_inference", spy)
     monkeypatch.setattr(_bn_folding, "MIN_PIXELS_PER_WEIGHT", 10.0**9)
     plain = clf.predict_proba(X)
     assert calls == []

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-import resnetclf._base as base
+import resnetclf._inference as inference
 import resnetclf._training as training
 from conftest import small_classifier
 from resnetclf import load_model, save_model
@@ -109,13 +109,13 @@ def test_folding_is_decided_on_the_resized_size(photos, monkeypatch):
         asked.append((n_images, height, width))
         return True
 
-    monkeypatch.setattr(base, "worth_folding", always)
+    monkeypatch.setattr(inference, "worth_folding", always)
     folded = clf.predict_proba(X)
     assert asked == [(len(X), 40, 53)]
-    monkeypatch.setattr(base, "worth_folding", lambda *args: False)
+    monkeypatch.setattr(inference, "worth_folding", lambda *args: False)
     np.testing.assert_allclose(folded, clf.predict_proba(X), rtol=1e-4, atol=1e-5)
     # Test-time views are that many more images to predict.
-    monkeypatch.setattr(base, "worth_folding", always)
+    monkeypatch.setattr(inference, "worth_folding", always)
     clf.set_params(tta=3).predict_proba(X)
     assert asked[-1] == (3 * len(X), 40, 53)
 

@@ -410,14 +410,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "predict-moves-module",
-        "resnetclf/_base.py",
-        (
-            Edit(
-                "ResNetFineTuneBase._outputs",
-                "module_on(self.module_, device)",
-                "self.module_.to(device)",
-            ),
-        ),
+        "resnetclf/_inference.py",
+        (Edit("run_batched", "module_on(module, device)", "module.to(device)"),),
         (EST + "test_predict_leaves_the_fitted_estimator_as_it_was",),
         "predict on another device moves the fitted network there",
     ),
