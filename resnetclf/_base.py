@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+)
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
@@ -40,8 +45,10 @@ from resnetclf._acceleration.frozen_features import FeatureBatches, features_suf
 from resnetclf._augment import resolve_augmentation
 from resnetclf._backbone import (
     build_resnet,
+    layer4_channels,
     rebuilt_network,
 )
+from resnetclf._features import pooled_features
 from resnetclf._fit_setup import (
     FitData,
     FitPlan,
@@ -94,11 +101,18 @@ from resnetclf.heads import HEAD_NAMES
 __all__ = ["ResNetFineTuneBase"]
 
 
-class ResNetFineTuneBase(BaseEstimator):
+class ResNetFineTuneBase(
+    ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+):
     """Fine-tune a torchvision ResNet on image arrays: the shared core.
 
     Not used directly: :class:`~resnetclf.ResNetFineTuneClassifier` and
     :class:`~resnetclf.ResNetFineTuneRegressor` document the parameters.
+    Every estimator of the family is also a transformer, whose
+    :meth:`transform` gives the fitted network's pooled features. The
+    transformer mixins are bases of this class, not of each estimator,
+    because scikit-learn's ``set_output`` wraps only a ``transform`` defined
+    in a subclass of its mixin, as scikit-learn's own ``_BasePCA`` does it.
     """
 
     _parameter_constraints: dict = {
@@ -551,6 +565,42 @@ class ResNetFineTuneBase(BaseEstimator):
             forward_of, self.module_, images, self.batch_size, self.precision, views
         )
 
+    # ------------------------------------------------------------ transform
+    def transform(self, X) -> np.ndarray:
+        """The fitted network's features of images ``X``: the last stage's
+        map averaged over its positions.
+
+        What torchvision's ``avgpool`` hands the linear head, whatever head
+        the model has: one value per channel of ``layer4`` (512 for ResNet18
+        and ResNet34, 2048 for ResNet50 and deeper). Computed in batches of
+        ``batch_size`` on ``device``, at ``precision``, from images checked
+        as :meth:`predict` checks them. ``fit_transform(X, y)`` fits first;
+        to use an already fitted estimator as a step of a ``Pipeline``
+        without fitting it again, wrap it in
+        :class:`sklearn.frozen.FrozenEstimator`.
+
+        Parameters
+        ----------
+        X : array-like
+            Images in any layout ``fit`` accepts, of the fitted image shape.
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, n_features), dtype float32
+            Columns named by :meth:`get_feature_names_out`; a pandas
+            DataFrame after ``set_output(transform="pandas")``.
+        """
+
+        def pooled(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda inputs: pooled_features(model, inputs)
+
+        return self._outputs(X, pooled).numpy()
+
+    @property
+    def _n_features_out(self) -> int:
+        """Columns of :meth:`transform` (``get_feature_names_out`` reads it)."""
+        return layer4_channels(self.module_)
+
     # ---------------------------------------------------------- persistence
     def __getstate__(self):
         state = dict(super().__getstate__())  # a copy: it may be our __dict__
@@ -573,6 +623,7 @@ class ResNetFineTuneBase(BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
+        tags.transformer_tags.preserves_dtype = ["float32"]  # transform: float32
         return tags
 
 

@@ -1,13 +1,16 @@
-"""A fitted classifier as one torch module: raw images in, probabilities out.
+"""A fitted estimator as one torch module: raw images in, predictions out.
 
-``predict_proba`` takes images as the user has them and turns each batch into
-the network's input on the device (:class:`~resnetclf._images.ImageBatches`);
-a deployed model must do the same inside its graph. The module here does it
-in the same order and with the same arithmetic: the raw values to float32,
-the layout to ``(N, C, H, W)``, a grayscale image repeated to three channels
-when the stem is not folded, then ``x * (scale / std) - mean / std``; then
-the network, and the task's activation: a softmax over the classes, or a
-sigmoid per label for a multi-label model.
+``predict_proba`` and ``predict`` take images as the user has them and turn
+each batch into the network's input on the device
+(:class:`~resnetclf._images.ImageBatches`); a deployed model must do the same
+inside its graph. :class:`RawImagesToOutputs` does it in the same order and
+with the same arithmetic: the raw values to float32, the layout to
+``(N, C, H, W)``, a grayscale image repeated to three channels when the stem
+is not folded, then ``x * (scale / std) - mean / std``; then the network,
+and a small module that maps its outputs as the estimator's task does:
+:class:`ClassProbabilities` (a softmax over the classes, or a sigmoid per
+label for a multi-label model) for a classifier, :class:`TargetValues` (the
+standardised outputs back in the targets' units) for a regressor.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from torch import nn
 __all__ = [
     "INPUT_DTYPES",
     "INPUT_LAYOUTS",
-    "RawImagesToProbabilities",
+    "ClassProbabilities",
+    "RawImagesToOutputs",
+    "TargetValues",
     "input_shape",
     "resolve_input_dtype",
     "resolve_input_layout",
@@ -75,8 +80,60 @@ def input_shape(layout: str, image_shape: Sequence[int]) -> tuple[int, ...]:
     }[layout]
 
 
-class RawImagesToProbabilities(nn.Module):
-    """``model``'s class probabilities for images as the user holds them.
+class ClassProbabilities(nn.Module):
+    """A classifier's logits to its class probabilities, as ``predict_proba``.
+
+    Parameters
+    ----------
+    multi_label : bool, default=False
+        One sigmoid per label (a multi-label model) instead of a softmax over
+        the classes.
+    """
+
+    def __init__(self, multi_label: bool = False) -> None:
+        super().__init__()
+        self.multi_label = multi_label
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.multi_label:
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=1)
+
+
+class TargetValues(nn.Module):
+    """A regressor's standardised outputs to values in the targets' units.
+
+    ``outputs * scale + mean`` per output, as ``predict`` maps them, in
+    float32: shape ``(N,)`` for a single output, as ``predict`` returns it,
+    else ``(N, n_outputs)``.
+
+    Parameters
+    ----------
+    mean, scale : sequence of float
+        The training targets' mean and standard deviation, one per output
+        (the regressor's standardisation).
+    """
+
+    def __init__(self, mean: Sequence[float], scale: Sequence[float]) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(np.asarray(mean, dtype=np.float32).reshape(-1))
+        scale_t = torch.as_tensor(np.asarray(scale, dtype=np.float32).reshape(-1))
+        if mean_t.shape != scale_t.shape:
+            raise ValueError("mean and scale need one value per output each")
+        self.register_buffer("mean", mean_t)
+        self.register_buffer("scale", scale_t)
+        self.single_output = mean_t.numel() == 1
+
+    def forward(self, outputs: torch.Tensor) -> torch.Tensor:
+        values = outputs.to(torch.float32) * self.scale + self.mean
+        if self.single_output:
+            # One output: (N,), as scikit-learn's regressors predict it.
+            return values.squeeze(1)
+        return values
+
+
+class RawImagesToOutputs(nn.Module):
+    """``model``'s predictions for images as the user holds them.
 
     Parameters
     ----------
@@ -92,9 +149,9 @@ class RawImagesToProbabilities(nn.Module):
         The normalisation, three values each.
     model_channels : int
         Channels of the network's stem: 1 (folded grayscale) or 3.
-    multi_label : bool, default=False
-        One sigmoid per label (a multi-label model) instead of a softmax over
-        the classes.
+    output : nn.Module
+        What the network's outputs become: :class:`ClassProbabilities` for a
+        classifier, :class:`TargetValues` for a regressor.
     """
 
     def __init__(
@@ -106,11 +163,11 @@ class RawImagesToProbabilities(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         model_channels: int,
-        multi_label: bool = False,
+        output: nn.Module,
     ) -> None:
         super().__init__()
         self.model = model
-        self.multi_label = multi_label
+        self.output = output
         self.layout = layout
         self.image_shape = tuple(int(s) for s in image_shape)
         self.model_channels = model_channels
@@ -135,7 +192,4 @@ class RawImagesToProbabilities(nn.Module):
             # Grayscale normalised differently per channel: an RGB stem.
             x = x.expand(-1, self.model_channels, -1, -1)
         x = x * self.multiplier + self.shift
-        logits = self.model(x)
-        if self.multi_label:
-            return torch.sigmoid(logits)
-        return torch.softmax(logits, dim=1)
+        return self.output(self.model(x))

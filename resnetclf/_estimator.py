@@ -8,18 +8,13 @@ from numbers import Real
 
 import numpy as np
 import torch
-from sklearn.base import (
-    ClassifierMixin,
-    ClassNamePrefixFeaturesOutMixin,
-    TransformerMixin,
-)
+from sklearn.base import ClassifierMixin
 from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
-from resnetclf._backbone import layer4_channels, read_digits, reads_digits
+from resnetclf._backbone import read_digits, reads_digits
 from resnetclf._base import ResNetFineTuneBase
-from resnetclf._features import pooled_features
 from resnetclf._fit_setup import FitData
 from resnetclf._sample_weights import per_class_weights
 from resnetclf._tasks import (
@@ -32,12 +27,7 @@ from resnetclf.heads import DigitSumHead
 __all__ = ["ResNetFineTuneClassifier"]
 
 
-class ResNetFineTuneClassifier(
-    ClassNamePrefixFeaturesOutMixin,
-    ClassifierMixin,
-    TransformerMixin,
-    ResNetFineTuneBase,
-):
+class ResNetFineTuneClassifier(ClassifierMixin, ResNetFineTuneBase):
     """Fine-tune a pretrained torchvision ResNet on numpy image arrays.
 
     The estimator follows the recipe of the merged-digits report: a pretrained
@@ -529,44 +519,7 @@ class ResNetFineTuneClassifier(
 
         return self._outputs(X, read).round().to(torch.int64).numpy()
 
-    # ------------------------------------------------------------ transform
-    def transform(self, X) -> np.ndarray:
-        """The fitted network's features of images ``X``: the last stage's
-        map averaged over its positions.
-
-        What torchvision's ``avgpool`` hands the linear head, whatever head
-        the model has: one value per channel of ``layer4`` (512 for ResNet18
-        and ResNet34, 2048 for ResNet50 and deeper). Computed in batches of
-        ``batch_size`` on ``device``, at ``precision``, from images checked
-        as :meth:`predict` checks them. ``fit_transform(X, y)`` fits first;
-        to use an already fitted classifier as a step of a ``Pipeline``
-        without fitting it again, wrap it in
-        :class:`sklearn.frozen.FrozenEstimator`.
-
-        Parameters
-        ----------
-        X : array-like
-            Images in any layout ``fit`` accepts, of the fitted image shape.
-
-        Returns
-        -------
-        features : ndarray of shape (n_samples, n_features), dtype float32
-            Columns named by :meth:`get_feature_names_out`; a pandas
-            DataFrame after ``set_output(transform="pandas")``.
-        """
-
-        def pooled(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-            return lambda inputs: pooled_features(model, inputs)
-
-        return self._outputs(X, pooled).numpy()
-
-    @property
-    def _n_features_out(self) -> int:
-        """Columns of :meth:`transform` (``get_feature_names_out`` reads it)."""
-        return layer4_channels(self.module_)
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_label = True
-        tags.transformer_tags.preserves_dtype = ["float32"]  # transform: float32
         return tags

@@ -28,7 +28,9 @@ class ResNetFineTuneRegressor(RegressorMixin, ResNetFineTuneBase):
     parameter that means the same as one of
     :class:`~resnetclf.ResNetFineTuneClassifier`'s has its name and default;
     it has no ``class_weight`` and no ``label_smoothing`` (there are no
-    classes), and adds ``loss``.
+    classes), and adds ``loss``. As the classifier, it is also a
+    scikit-learn transformer: :meth:`transform` gives the fitted network's
+    pooled last-stage features, the embedding its head reads.
 
     Parameters
     ----------

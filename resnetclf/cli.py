@@ -165,7 +165,8 @@ examples:
       --input-layout NCHW --input-dtype float32
 
 The file takes a batch of images (any number) in the layout and dtype given,
-and returns the probability of each class; the classes, the layout and the
+and returns the probability of each class (a saved regressor's: its
+predicted values, in the targets' units); the classes, the layout and the
 image shape are in its metadata (metadata_props). Needs the onnx extra:
 pip install "resnetclf[onnx]".
 
@@ -273,12 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export_parser = commands.add_parser(
         "export",
-        help="write a saved model as one ONNX file (images in, probabilities out)",
+        help="write a saved model as one ONNX file (images in, predictions out)",
         description=_paragraph(
             """Write a model saved by 'resnetclf train' (or
             resnetclf.save_model) as one ONNX graph from raw images to class
-            probabilities, with the scaling, channel handling and
-            normalisation inside, for onnxruntime."""
+            probabilities (a regressor's: its predicted values), with the
+            scaling, channel handling and normalisation inside, for
+            onnxruntime."""
         ),
         epilog=_EXPORT_EPILOG,
         formatter_class=_HelpFormatter,
@@ -874,9 +876,12 @@ def export(args: argparse.Namespace) -> int:
         return 2
     layout = resolve_input_layout(args.input_layout, clf.image_shape_[2])
     megabytes = path.stat().st_size / 1e6
+    if hasattr(clf, "classes_"):
+        outputs = f"probabilities of {len(clf.classes_)} classes"
+    else:  # a regressor saved with save_model
+        outputs = f"values of {clf.n_outputs_} output(s)"
     print(
         f"wrote {path} ({megabytes:.1f} MB): images {layout} {args.input_dtype} "
-        f"of {clf.image_shape_[0]}x{clf.image_shape_[1]} -> probabilities of "
-        f"{len(clf.classes_)} classes"
+        f"of {clf.image_shape_[0]}x{clf.image_shape_[1]} -> {outputs}"
     )
     return 0

@@ -1,5 +1,6 @@
 """export_onnx and ``resnetclf export``: one ONNX file from raw images to
-probabilities, run by onnxruntime as predict_proba runs the estimator.
+probabilities (a regressor's: values), run by onnxruntime as predict_proba
+(predict) runs the estimator.
 
 The files are traced from random ResNet18s fitted for one epoch on 16x16
 images (a few seconds each); the parity tests skip without the onnx extra.
@@ -17,8 +18,8 @@ from torch import nn
 
 import resnetclf.export as export_module
 from conftest import assert_same_state, fitted_state, small_classifier
-from resnetclf import DigitSumHead, save_model
-from resnetclf._deployed import RawImagesToProbabilities
+from resnetclf import DigitSumHead, ResNetFineTuneRegressor, save_model
+from resnetclf._deployed import ClassProbabilities, RawImagesToOutputs, TargetValues
 from resnetclf.cli import main
 from resnetclf.export import export_onnx
 
@@ -43,6 +44,33 @@ def gray_clf():
 @pytest.fixture(scope="module")
 def rgb_clf():
     return _fitted(RGB, np.array(["cat", "dog"])[np.arange(24) % 2])
+
+
+# Targets whose mean and spread are far from 0 and 1, so that a graph that
+# returned the network's standardised outputs, or mapped them back with the
+# mean or the scale alone, would be far from predict.
+Y_ONE = 3.0 * GRAY.mean(axis=(1, 2)) + 100.0
+Y_TWO = np.stack([Y_ONE, -0.05 * GRAY[:, :8].std(axis=(1, 2)) - 7.0], axis=1)
+
+
+def _fitted_regressor(y, **params):
+    defaults = dict(
+        arch="resnet18",
+        weights=None,
+        max_iter=1,
+        batch_size=8,
+        validation_fraction=0,
+        precision="fp32",
+        random_state=0,
+        device="cpu",
+    )
+    return ResNetFineTuneRegressor(**{**defaults, **params}).fit(GRAY, y)
+
+
+@pytest.fixture(scope="module")
+def regressors():
+    """Fitted on one output (1-D ``y``) and on two."""
+    return {1: _fitted_regressor(Y_ONE), 2: _fitted_regressor(Y_TWO)}
 
 
 def _session(path):
@@ -100,6 +128,84 @@ def test_rgb_model_gives_predict_probas_and_names_classes(
     assert metadata["output"] == "softmax"
 
 
+def test_classifier_file_keeps_its_output_and_metadata(gray_clf, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    model = onnx.load(export_onnx(gray_clf, tmp_path / "m.onnx"))
+    assert [o.name for o in model.graph.output] == ["probabilities"]
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    assert bool(dims[0].dim_param) and dims[1].dim_value == 3
+    metadata = {p.key: p.value for p in model.metadata_props}
+    assert list(metadata) == [
+        "classes",
+        "output",
+        "input_layout",
+        "input_dtype",
+        "image_shape",
+        "normalization",
+        "producer",
+    ]
+    assert json.loads(metadata["classes"]) == [0, 1, 2]
+    assert metadata["output"] == "softmax"
+    assert model.doc_string.startswith("ResNetFineTuneClassifier: images NHW uint8")
+
+
+@pytest.mark.parametrize(
+    "n_outputs, layout, dtype", [(1, "NHW", "uint8"), (2, "flat", "float32")]
+)
+def test_regressor_file_gives_predict_values(
+    regressors, tmp_path, n_outputs, layout, dtype
+):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    reg = regressors[n_outputs]
+    before = fitted_state(reg)
+    path = export_onnx(reg, tmp_path / "m.onnx", input_layout=layout, input_dtype=dtype)
+    assert_same_state(before, fitted_state(reg))  # exporting changes nothing
+    X = NEW_GRAY if dtype == "uint8" else (NEW_GRAY / 255.0).astype(dtype)
+    X = _as_layout(X, layout)
+    session = _session(path)
+    assert [o.name for o in session.get_outputs()] == ["values"]
+    mean, scale = reg._target_mean, reg._target_scale
+    for n in (len(X), 1):  # the batch axis is free
+        (values,) = session.run(None, {"images": X[:n]})
+        expected = reg.predict(X[:n])
+        # (n,) for one output, (n, 2) for two: as predict.
+        assert values.dtype == np.float32 and values.shape == expected.shape
+        np.testing.assert_allclose(values, expected, rtol=1e-5)
+        # Standardised again, where the network's own rounding shows.
+        np.testing.assert_allclose(
+            (values - mean) / scale, (expected - mean) / scale, atol=1e-4
+        )
+    metadata = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert metadata["output"] == "values"
+    assert metadata["n_outputs"] == str(n_outputs)
+    assert metadata["input_layout"] == layout and metadata["input_dtype"] == dtype
+    assert json.loads(metadata["image_shape"]) == [16, 16, 1]
+    assert "classes" not in metadata
+
+
+def test_the_regressor_module_traced_is_predict(regressors):
+    """Without onnx: the torch module the regressor's graph is traced from."""
+    for n_outputs, reg in regressors.items():
+        mean, std = reg._normalization_stats
+        module = RawImagesToOutputs(
+            reg.module_,
+            "NHW",
+            reg.image_shape_,
+            1 / 255,
+            mean,
+            std,
+            reg.module_.conv1.in_channels,
+            TargetValues(reg._target_mean, reg._target_scale),
+        )
+        with torch.no_grad():
+            values = module(torch.from_numpy(NEW_GRAY)).numpy()
+        expected = reg.predict(NEW_GRAY)
+        assert values.shape == expected.shape == {1: (7,), 2: (7, 2)}[n_outputs]
+        np.testing.assert_allclose(values, expected, rtol=1e-5)
+
+
 def test_gray_images_under_imagenet_statistics_feed_an_rgb_stem(tmp_path):
     pytest.importorskip("onnxscript")
     clf = _fitted(GRAY, np.arange(24) % 3, normalization="imagenet")
@@ -134,8 +240,15 @@ def test_the_module_traced_is_predict_proba(gray_clf, rgb_clf):
         mean, std = clf._normalization_stats
         channels = clf.module_.conv1.in_channels
         for layout in ("NHWC", "NCHW", "flat"):
-            module = RawImagesToProbabilities(
-                clf.module_, layout, clf.image_shape_, 1 / 255, mean, std, channels
+            module = RawImagesToOutputs(
+                clf.module_,
+                layout,
+                clf.image_shape_,
+                1 / 255,
+                mean,
+                std,
+                channels,
+                ClassProbabilities(),
             )
             inputs = torch.from_numpy(np.ascontiguousarray(_as_layout(images, layout)))
             with torch.no_grad():
@@ -175,8 +288,10 @@ def test_refusals_before_the_file_is_touched(gray_clf, rgb_clf, tmp_path, monkey
         export_onnx(rgb_clf, target, input_layout="NHW")
     with pytest.raises(ValueError, match="input_dtype"):
         export_onnx(gray_clf, target, input_dtype="int16")
-    with pytest.raises(TypeError, match="ResNetFineTuneClassifier"):
+    with pytest.raises(TypeError, match="Classifier or ResNetFineTuneRegressor"):
         export_onnx(object(), target)
+    with pytest.raises(NotFittedError):
+        export_onnx(ResNetFineTuneRegressor(), target)
     assert target.read_bytes() == b"old"
 
 
@@ -214,6 +329,19 @@ def test_export_command(gray_clf, tmp_path, capsys):
         capsys.readouterr().out
     )
     _check_parity(gray_clf, out, NEW_GRAY, "NHW", "float32")
+
+
+def test_export_command_writes_a_saved_regressor(regressors, tmp_path, capsys):
+    pytest.importorskip("onnxscript")
+    reg = regressors[2]
+    folder = save_model(reg, tmp_path / "model")
+    out = tmp_path / "regressor.onnx"
+    assert main(["export", "--model", str(folder), "--out", str(out)]) == 0
+    assert "images NHW uint8 of 16x16 -> values of 2 output(s)" in (
+        capsys.readouterr().out
+    )
+    (values,) = _session(out).run(None, {"images": NEW_GRAY})
+    np.testing.assert_allclose(values, reg.predict(NEW_GRAY), rtol=1e-5)
 
 
 def test_export_command_refuses_in_one_line(gray_clf, tmp_path, capsys, monkeypatch):

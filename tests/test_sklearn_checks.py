@@ -37,10 +37,11 @@ def _small_extractor():
 
 
 def _expected_failed_checks(estimator):
-    # The classifier is also a transformer (transform gives the pooled
-    # features, as LinearDiscriminantAnalysis is both), so the transformer
-    # checks run on it too and pass: fit_transform fits as fit does and,
-    # with random_state fixed, a refit transforms as the first fit did.
+    # The classifier and the regressor are also transformers (transform
+    # gives the pooled features, as LinearDiscriminantAnalysis is both), so
+    # the transformer checks run on them too and pass: fit_transform fits as
+    # fit does and, with random_state fixed, a refit transforms as the first
+    # fit did.
     # The extractor trains nothing and passes every check.
     if isinstance(estimator, ResNetFeatureExtractor):
         return {}
@@ -120,12 +121,12 @@ _OUTPUT_CHECKS = [
 @pytest.mark.parametrize("check_name", _OUTPUT_CHECKS)
 @pytest.mark.parametrize(
     "make_estimator",
-    [_small_classifier, _small_extractor],
-    ids=["classifier", "extractor"],
+    [_small_classifier, _small_regressor, _small_extractor],
+    ids=["classifier", "regressor", "extractor"],
 )
 def test_transform_output_checks(make_estimator, check_name):
     estimator = make_estimator()
-    if isinstance(estimator, ResNetFineTuneClassifier):
+    if not isinstance(estimator, ResNetFeatureExtractor):
         estimator.set_params(max_iter=1)  # the features' names, not learning
     check = getattr(estimator_checks, check_name)
     check(type(estimator).__name__, estimator)

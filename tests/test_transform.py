@@ -1,4 +1,5 @@
-"""The fitted classifier as a transformer: the pooled last-stage features."""
+"""The fitted classifier and regressor as transformers: the pooled
+last-stage features."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from conftest import (
     predicting_in_fp32,
     small_classifier,
 )
-from resnetclf import DigitSumHead
+from resnetclf import DigitSumHead, ResNetFineTuneRegressor
 
 
 def _pooled_layer4(model: torch.nn.Module, X: np.ndarray) -> np.ndarray:
@@ -96,3 +97,69 @@ def test_set_output_pandas_names_the_columns(fitted):
     frame = make_pipeline(frozen).set_output(transform="pandas").transform(X[:2])
     assert isinstance(frame, pd.DataFrame)
     assert list(frame.columns) == list(clf.get_feature_names_out())
+
+
+# ------------------------------------------------------------------ regressor
+@pytest.fixture(scope="module")
+def regressor_fit(tiny_images):
+    """A regressor fitted on two outputs, and its images; read only."""
+    X, _ = tiny_images
+    y = np.stack([X.mean(axis=(1, 2)) * 3 + 100, X[:, :6].std(axis=(1, 2))], axis=1)
+    reg = ResNetFineTuneRegressor(
+        arch="resnet18",
+        weights=None,
+        max_iter=1,
+        batch_size=16,
+        random_state=0,
+        device="cpu",
+        validation_fraction=0,
+    )
+    return reg.fit(X, y), X
+
+
+def test_regressor_transform_gives_what_its_head_reads(regressor_fit):
+    reg, X = regressor_fit
+    fp32 = copy.copy(reg).set_params(precision="fp32")
+    features = fp32.transform(X[:5])
+    assert features.shape == (5, 512) and features.dtype == np.float32
+    np.testing.assert_allclose(
+        features, _pooled_layer4(reg.module_, X[:5]), rtol=1e-4, atol=1e-5
+    )
+    np.testing.assert_array_equal(features, fp32.transform(X[:5]))  # repeatable
+    # The linear head on them gives the standardised outputs predict maps back.
+    outputs = features @ reg.module_.fc.weight.detach().numpy().T
+    outputs += reg.module_.fc.bias.detach().numpy()
+    values = outputs.astype(np.float64) * reg._target_scale + reg._target_mean
+    np.testing.assert_allclose(values, fp32.predict(X[:5]), rtol=1e-5)
+
+
+def test_regressor_names_its_columns_and_transform_changes_nothing(regressor_fit):
+    reg, X = regressor_fit
+    before = fitted_state(reg)
+    reg.transform(X[:3])
+    names = reg.get_feature_names_out()
+    assert names.shape == (512,)
+    assert names[0] == "resnetfinetuneregressor0"
+    assert_same_state(before, fitted_state(reg))
+    assert reg.__sklearn_tags__().transformer_tags.preserves_dtype == ["float32"]
+
+
+def test_regressor_fit_transform_fits_then_transforms(tiny_images):
+    X, _ = tiny_images
+    y = X.mean(axis=(1, 2))
+    params = dict(arch="resnet18", weights=None, max_iter=1, batch_size=16)
+    params.update(random_state=0, device="cpu", precision="fp32")
+    features = ResNetFineTuneRegressor(**params).fit_transform(X, y)
+    reg = ResNetFineTuneRegressor(**params).fit(X, y)
+    assert features.shape == (len(X), 512)
+    np.testing.assert_allclose(features, reg.transform(X), rtol=1e-5, atol=1e-6)
+    with pytest.raises(NotFittedError):
+        ResNetFineTuneRegressor().transform(X)
+
+
+def test_regressor_set_output_pandas_names_the_columns(regressor_fit):
+    pd = pytest.importorskip("pandas")
+    reg, X = regressor_fit
+    frame = copy.deepcopy(reg).set_output(transform="pandas").transform(X[:2])
+    assert isinstance(frame, pd.DataFrame) and frame.shape == (2, 512)
+    assert list(frame.columns) == list(reg.get_feature_names_out())
