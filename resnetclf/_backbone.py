@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from resnetclf._checkpoint import load_state_dict_file
-from resnetclf._lora import merged_state_dict
+from resnetclf._lora import check_lora_rank, merged_state_dict
 from resnetclf.heads import resolve_head
 
 __all__ = [
@@ -26,6 +26,8 @@ __all__ = [
     "attach_head",
     "build_resnet",
     "check_arch",
+    "check_kept_network",
+    "check_new_network",
     "feature_map",
     "head_fits",
     "layer4_channels",
@@ -177,7 +179,7 @@ def build_resnet(
     in_channels: int,
     verbose: int = 0,
     *,
-    head="linear",
+    head=None,
     classes=None,
 ) -> nn.Module:
     """Build ``arch`` with ``weights``, a new ``n_classes`` head and a stem for
@@ -187,9 +189,10 @@ def build_resnet(
     no arguments and must return a ``torchvision.models.ResNet`` with an RGB
     ``conv1`` (a TypeError or ValueError names ``arch`` otherwise).
 
-    ``head`` is the estimator's parameter: ``"linear"`` keeps torchvision's
-    ``fc`` (replaced when its size is not ``n_classes``); any other head is
-    built for ``classes`` by :func:`attach_head`.
+    ``head`` is a head :func:`~resnetclf.heads.resolve_head` gave: None
+    keeps torchvision's linear ``fc`` (replaced when its size is not
+    ``n_classes``); any other head is built for ``classes`` by
+    :func:`attach_head`.
 
     A grayscale stem is the pretrained RGB ``conv1`` summed over its input
     channels: feeding it one channel gives exactly what the RGB stem gives for
@@ -201,7 +204,6 @@ def build_resnet(
     taken too. At ``verbose >= 1`` a line says what was taken and what was not.
     """
     model = _new_network(arch)
-    head = resolve_head(head)
     if head is not None:
         attach_head(model, head, classes)
     elif model.fc.out_features != n_classes:
@@ -240,7 +242,8 @@ def feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def attach_head(model: nn.Module, head, classes) -> nn.Module:
     """Put the module ``head(feature_channels, classes)`` in ``model.fc``,
-    fed with the last stage's map."""
+    fed with the last stage's map (``head``: what :func:`resolve_head` gave,
+    not None)."""
     if type(model) not in (torchvision.models.ResNet, MapHeadResNet):
         raise TypeError(
             "a head other than 'linear' needs a network of the class "
@@ -253,13 +256,13 @@ def attach_head(model: nn.Module, head, classes) -> nn.Module:
 
 
 def make_head(head, feature_channels: int, classes) -> nn.Module:
-    """The module of the ``head`` parameter for ``classes``: a ``Linear``
-    for ``"linear"``, else ``head(feature_channels, classes)``, which must be
-    a module (a TypeError otherwise)."""
-    spec = resolve_head(head)
-    if spec is None:
+    """The head module for ``classes`` of ``head``, what :func:`resolve_head`
+    gave: a ``Linear`` for None (``"linear"``), else
+    ``head(feature_channels, classes)``, which must be a module (a TypeError
+    otherwise)."""
+    if head is None:
         return nn.Linear(feature_channels, len(classes))
-    module = spec(feature_channels, classes)
+    module = head(feature_channels, classes)
     if not isinstance(module, nn.Module):
         raise TypeError(
             f"head={head!r} returned {type(module).__name__}; a head called as "
@@ -269,14 +272,69 @@ def make_head(head, feature_channels: int, classes) -> nn.Module:
 
 
 def head_fits(model: nn.Module, head, classes) -> bool:
-    """Whether ``model``'s head is the module ``head`` asks for ``classes``
-    (the same tensors of the same shapes), built on the meta device."""
+    """Whether ``model``'s head is the module ``head`` (resolved) asks for
+    ``classes`` (the same tensors of the same shapes), built on the meta
+    device."""
     with torch.device("meta"):
         wanted = make_head(head, layer4_channels(model), classes).state_dict()
     kept = model.fc.state_dict()
     return {k: v.shape for k, v in wanted.items()} == {
         k: v.shape for k, v in kept.items()
     }
+
+
+def check_new_network(
+    arch: Arch,
+    head,
+    classes,
+    in_channels: int,
+    *,
+    lora_rank: int | None = None,
+    trainable: list[str] | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> None:
+    """Check what only the network can tell, on a weightless copy of it (on
+    the meta device): that a callable ``arch`` builds a ResNet, that
+    ``lora_rank`` suits the convolutions of the ``trainable`` stages, and
+    (given an ``image_size``) that ``head`` (resolved, as for
+    :func:`build_resnet`) gives one output per class."""
+    probe_head = image_size is not None and head is not None
+    if lora_rank is None and not callable(arch) and not probe_head:
+        return
+    n_classes = len(classes)
+    with torch.device("meta"):
+        probe = build_resnet(
+            arch, None, n_classes, in_channels, head=head, classes=classes
+        )
+        if probe_head:
+            output = probe(torch.empty(2, in_channels, *image_size))
+            if tuple(output.shape) != (2, n_classes):
+                raise ValueError(
+                    f"head={head!r} returned logits of shape "
+                    f"{tuple(output.shape)} for 2 images; expected (2, {n_classes}): "
+                    "one per class"
+                )
+    if lora_rank is not None:
+        check_lora_rank(probe, lora_rank, trainable or [])
+
+
+def check_kept_network(module: nn.Module, in_channels: int, head, classes) -> None:
+    """Refuse a warm start whose data or ``head`` (resolved) the fitted
+    network cannot take."""
+    if module.conv1.in_channels != in_channels:
+        raise ValueError(
+            "warm_start=True continues the fitted network, whose stem takes "
+            f"{module.conv1.in_channels} channel(s); this fit needs "
+            f"{in_channels}. The stem's channels follow the images and "
+            "normalization (1 for grayscale normalised alike in every channel, "
+            "else 3): keep the first fit's normalization, or set warm_start=False"
+        )
+    if not head_fits(module, head, classes):
+        raise ValueError(
+            f"warm_start=True continues the fitted network, whose head differs "
+            f"from head={head!r}: keep the first fit's head, or set "
+            "warm_start=False"
+        )
 
 
 def reads_digits(model: nn.Module) -> bool:

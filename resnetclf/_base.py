@@ -45,6 +45,8 @@ from resnetclf._acceleration.frozen_features import FeatureBatches, features_suf
 from resnetclf._augment import resolve_augmentation
 from resnetclf._backbone import (
     build_resnet,
+    check_kept_network,
+    check_new_network,
     layer4_channels,
     rebuilt_network,
 )
@@ -55,8 +57,6 @@ from resnetclf._fit_setup import (
     LabelledArray,
     TrainingParts,
     check_before_data,
-    check_kept_network,
-    check_new_network,
     check_writable,
     probe_augmentation,
     restored_on_error,
@@ -68,6 +68,7 @@ from resnetclf._images import (
     ImageLayout,
     array_ndim,
     infer_layout,
+    model_input_channels,
 )
 from resnetclf._inference import run_batched
 from resnetclf._lora import add_lora_adapters, merge_lora_adapters
@@ -80,6 +81,7 @@ from resnetclf._param_groups import (
     training_phases,
 )
 from resnetclf._progress import ProgressReporter
+from resnetclf._resize import resolve_input_size
 from resnetclf._sample_weights import (
     check_every_class_weighted,
     combined_sample_weight,
@@ -236,7 +238,7 @@ class ResNetFineTuneBase(
         # validate_data sets n_features_in_ at once; a refused fit restores it.
         with restored_on_error(self, ("n_features_in_", "feature_names_in_")):
             data = self._check_data(
-                X, y, sample_weight, X_val, y_val, sample_weight_val, warm
+                X, y, sample_weight, X_val, y_val, sample_weight_val, warm, plan
             )
             self._check_network(plan, data, warm)
             scorer = EpochScorer(self.scoring, self, data.task, data.classes)
@@ -254,14 +256,22 @@ class ResNetFineTuneBase(
                 check_writable(self.checkpoint_path)
         # All checks passed: from here on, work is done.
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        model = self._initial_module(plan, data, parts, warm, seed)
+        model = self._initial_module(plan, data, warm, seed)
         loop = self._epoch_loop(model, plan, data.task, parts, scorer, rng, seed, warm)
         self._train(loop, model, plan)
         self._set_fitted(model, loop, plan, data)
         return self
 
     def _check_data(
-        self, X, y, sample_weight, X_val, y_val, sample_weight_val, warm: bool
+        self,
+        X,
+        y,
+        sample_weight,
+        X_val,
+        y_val,
+        sample_weight_val,
+        warm: bool,
+        plan: FitPlan,
     ) -> FitData:
         """The arrays of ``fit`` validated; targets encoded, weights combined."""
         if (X_val is None) != (y_val is None):
@@ -272,8 +282,7 @@ class ResNetFineTuneBase(
             X, y, reset=not warm, expected=self.image_shape_ if warm else None
         )
         task = self._make_task(y)
-        mixes = self.mixup_alpha > 0 or self.cutmix_alpha > 0
-        if mixes and not hasattr(task, "mixed_loss"):
+        if plan.mixes and not hasattr(task, "mixed_loss"):
             raise ValueError(
                 "mixup_alpha and cutmix_alpha are not available for the targets "
                 f"of a {type(task).__name__} task: leave them at 0"
@@ -284,8 +293,22 @@ class ResNetFineTuneBase(
         if weights is not None and task.stratify:
             check_every_class_weighted(weights, targets, outputs)
         train = LabelledArray(X, layout, targets, weights)
-        if X_val is None:
-            return FitData(task, train, outputs)
+        val = None
+        if X_val is not None:
+            val = self._check_validation_data(
+                X_val, y_val, sample_weight_val, task, outputs, class_weights, layout
+            )
+        # What the network takes, decided once: its stem's channels and the
+        # size the images enter it at.
+        channels = model_input_channels(layout.channels, plan.mean, plan.std)
+        size = resolve_input_size(plan.input_size, (layout.height, layout.width))
+        return FitData(task, train, outputs, channels, size, val)
+
+    def _check_validation_data(
+        self, X_val, y_val, sample_weight_val, task, outputs, class_weights, layout
+    ) -> LabelledArray:
+        """``X_val`` and its labels validated against the training images'
+        ``layout`` and ``outputs``, weighted as the training part is."""
         X_val, y_val, val_layout = self._validate_images(
             X_val, y_val, name="X_val", expected=layout.image_shape
         )
@@ -295,27 +318,28 @@ class ResNetFineTuneBase(
             name="sample_weight_val",
         )  # fmt: skip
         val_weights = normalised_or_none(val_weights, "sample_weight_val")
-        val = LabelledArray(X_val, val_layout, val_targets, val_weights)
-        return FitData(task, train, outputs, val)
+        return LabelledArray(X_val, val_layout, val_targets, val_weights)
 
     def _check_network(self, plan: FitPlan, data: FitData, warm: bool) -> None:
         """Refuse a network that cannot take the data: the kept one of a warm
         start, or the new one (``arch``, ``lora_rank``, ``head``)."""
-        layout = data.train.layout
-        channels = plan.model_channels(layout.channels)
         if warm:
-            check_kept_network(self.module_, channels, self.head, data.classes)
+            check_kept_network(
+                self.module_, data.model_channels, plan.head, data.classes
+            )
         else:
             check_new_network(
-                self,
-                plan,
+                self.arch,
+                plan.head,
                 data.classes,
-                channels,
-                image_size=plan.input_shape(layout.height, layout.width),
+                data.model_channels,
+                lora_rank=self.lora_rank,
+                trainable=trainable_stages(plan.stage_lrs),
+                image_size=data.input_size,
             )
 
     def _initial_module(
-        self, plan: FitPlan, data: FitData, parts: TrainingParts, warm: bool, seed: int
+        self, plan: FitPlan, data: FitData, warm: bool, seed: int
     ) -> nn.Module:
         if warm:
             return self.module_.to(plan.device)
@@ -326,9 +350,9 @@ class ResNetFineTuneBase(
                 self.arch,
                 plan.weights,
                 len(data.classes),
-                parts.model_channels,
+                data.model_channels,
                 verbose=self.verbose,
-                head=self.head,
+                head=plan.head,
                 classes=data.classes,
             )
         return model.to(plan.device, memory_format=torch.channels_last)
@@ -464,10 +488,10 @@ class ResNetFineTuneBase(
     ) -> None:
         self._set_fitted_outputs(data)
         self.image_shape_ = data.train.layout.image_shape
-        self.input_size_ = plan.input_shape(*self.image_shape_[:2])
+        self.input_size_ = data.input_size
         views = ViewSettings.after(plan.augmentation)
         self._tta_flips, self._tta_degrees = views.flips, views.degrees
-        self._model_channels = loop.parts.model_channels
+        self._model_channels = data.model_channels
         self._normalization_stats = (plan.mean, plan.std)
         # Ready for inference, so that predict changes nothing about it.
         self.module_ = model.eval()

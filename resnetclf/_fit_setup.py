@@ -20,23 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.metrics import check_scoring
-from torch import nn
 
 from resnetclf._acceleration.devices import amp_dtype_for, resolve_device
 from resnetclf._augment import Augmentation, CheckedAugmentation, resolve_augmentation
-from resnetclf._backbone import (
-    build_resnet,
-    check_arch,
-    head_fits,
-    resolve_weights,
-)
+from resnetclf._backbone import check_arch, check_new_network, resolve_weights
 from resnetclf._images import (
     ImageBatches,
     ImageLayout,
     model_input_channels,
     resolve_normalization,
 )
-from resnetclf._lora import check_lora_rank
 from resnetclf._param_groups import (
     check_layer_lr_decay,
     stage_learning_rates,
@@ -56,8 +49,6 @@ __all__ = [
     "LabelledImages",
     "TrainingParts",
     "check_before_data",
-    "check_kept_network",
-    "check_new_network",
     "check_writable",
     "probe_augmentation",
     "restored_on_error",
@@ -110,6 +101,7 @@ class FitPlan:
     """
 
     weights: object  # resolved: a WeightsEnum, a file path, or None
+    head: object  # resolved: None for torchvision's linear fc, else a callable
     stage_lrs: dict[str, float]  # learning rate of each stage
     mean: tuple[float, ...]  # normalisation, per channel
     std: tuple[float, ...]
@@ -124,14 +116,6 @@ class FitPlan:
     early_stopping: bool
     n_iter_no_change: int
     tol: float
-
-    def model_channels(self, image_channels: int) -> int:
-        """The stem's input channels for images of ``image_channels``."""
-        return model_input_channels(image_channels, self.mean, self.std)
-
-    def input_shape(self, height: int, width: int) -> tuple[int, int]:
-        """The ``(height, width)`` images of this size enter the network at."""
-        return resolve_input_size(self.input_size, (height, width))
 
     @property
     def mixes(self) -> bool:
@@ -187,6 +171,7 @@ def _plan(estimator) -> FitPlan:
         ViewSettings.after(augmentation).check(estimator.tta)
     return FitPlan(
         weights=weights,
+        head=resolve_head(estimator.head),
         stage_lrs=stage_lrs,
         mean=mean,
         std=std,
@@ -215,11 +200,14 @@ class LabelledArray:
 
 @dataclass(frozen=True)
 class FitData:
-    """The arrays of one fit, validated, with targets encoded by ``task``."""
+    """The arrays of one fit, validated, with targets encoded by ``task``,
+    and the input they make of the network's."""
 
     task: Task  # what the targets are: their loss, hits and outputs
     train: LabelledArray
     classes: np.ndarray
+    model_channels: int  # the stem's input channels: 1 (a folded gray stem) or 3
+    input_size: tuple[int, int]  # (height, width) the images enter the network at
     val: LabelledArray | None = None  # X_val and y_val, when given
 
 
@@ -230,10 +218,6 @@ class TrainingParts:
     train: LabelledImages
     val: LabelledImages | None
     validation_X: object  # what a scorer gets as X, or None
-
-    @property
-    def model_channels(self) -> int:
-        return self.train.images.model_channels
 
     def on_features(self, features_of) -> TrainingParts:
         """These parts with ``features_of(images)`` read in place of each
@@ -266,8 +250,7 @@ def training_parts(
     ``input_size``.
     """
     train = data.train
-    channels = plan.model_channels(train.layout.channels)
-    size = plan.input_shape(train.layout.height, train.layout.width)
+    channels, size = data.model_channels, data.input_size
     images = ImageBatches(
         train.X, train.layout, plan.device, plan.mean, plan.std, channels,
         size=size,
@@ -396,61 +379,14 @@ def check_before_data(estimator, image_channels: int | None = None) -> FitPlan:
         # Two classes stand in for the data's: no check below depends on
         # them (the head's output is probed once fit has seen the data).
         check_new_network(
-            estimator, plan, np.arange(2), plan.model_channels(image_channels)
+            estimator.arch,
+            plan.head,
+            np.arange(2),
+            model_input_channels(image_channels, plan.mean, plan.std),
+            lora_rank=estimator.lora_rank,
+            trainable=trainable_stages(plan.stage_lrs),
         )
     return plan
-
-
-def check_new_network(
-    estimator,
-    plan: FitPlan,
-    classes: np.ndarray,
-    in_channels: int,
-    image_size: tuple[int, int] | None = None,
-) -> None:
-    """Check what only the network can tell, on a weightless copy of it (on
-    the meta device): that a callable ``arch`` builds a ResNet, that
-    ``lora_rank`` suits the convolutions of the trainable stages, and (given
-    an ``image_size``) that the head gives one output per class."""
-    arch, head, lora_rank = estimator.arch, estimator.head, estimator.lora_rank
-    probe_head = image_size is not None and resolve_head(head) is not None
-    if lora_rank is None and not callable(arch) and not probe_head:
-        return
-    n_classes = len(classes)
-    with torch.device("meta"):
-        probe = build_resnet(
-            arch, None, n_classes, in_channels, head=head, classes=classes
-        )
-        if probe_head:
-            output = probe(torch.empty(2, in_channels, *image_size))
-            if tuple(output.shape) != (2, n_classes):
-                raise ValueError(
-                    f"head={head!r} returned logits of shape "
-                    f"{tuple(output.shape)} for 2 images; expected (2, {n_classes}): "
-                    "one per class"
-                )
-    if lora_rank is not None:
-        check_lora_rank(probe, lora_rank, trainable_stages(plan.stage_lrs))
-
-
-def check_kept_network(
-    module: nn.Module, in_channels: int, head, classes: np.ndarray
-) -> None:
-    """Refuse a warm start whose data or head the fitted network cannot take."""
-    if module.conv1.in_channels != in_channels:
-        raise ValueError(
-            "warm_start=True continues the fitted network, whose stem takes "
-            f"{module.conv1.in_channels} channel(s); this fit needs "
-            f"{in_channels}. The stem's channels follow the images and "
-            "normalization (1 for grayscale normalised alike in every channel, "
-            "else 3): keep the first fit's normalization, or set warm_start=False"
-        )
-    if not head_fits(module, head, classes):
-        raise ValueError(
-            f"warm_start=True continues the fitted network, whose head differs "
-            f"from head={head!r}: keep the first fit's head, or set "
-            "warm_start=False"
-        )
 
 
 def check_writable(path) -> None:

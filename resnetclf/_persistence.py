@@ -30,6 +30,7 @@ from resnetclf._estimator import ResNetFineTuneClassifier
 from resnetclf._model_json import FITTED_TAGS, PARAM_TAGS, from_json, parse, to_json
 from resnetclf._regressor import ResNetFineTuneRegressor
 from resnetclf._version import __version__
+from resnetclf.heads import resolve_head
 
 __all__ = ["METADATA_KEY", "WEIGHTS_FILE", "load_model", "save_model"]
 
@@ -314,7 +315,12 @@ def _check_fitted(
         classes = np.arange(fitted["n_outputs_"])
     with torch.device("meta"):
         expected = build_resnet(
-            estimator.arch, None, len(classes), 3, head=estimator.head, classes=classes
+            estimator.arch,
+            None,
+            len(classes),
+            3,
+            head=resolve_head(estimator.head),
+            classes=classes,
         ).state_dict()
     got, want = ({k: f"{tuple(t.shape)} {t.dtype}" for k, t in d.items()}
                  for d in (state_dict, expected))  # fmt: skip

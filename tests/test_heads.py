@@ -20,7 +20,7 @@ from resnetclf import DigitSumHead, load_model, save_model
 from resnetclf._acceleration.bn_folding import folded_for_inference
 from resnetclf._backbone import MapHeadResNet, build_resnet
 from resnetclf.datasets import make_digit_sums
-from resnetclf.heads import digit_sum_log_probs
+from resnetclf.heads import digit_sum_log_probs, resolve_head
 
 SHAPE = (16, 40)  # two 8x8 digits with room around them
 
@@ -198,7 +198,8 @@ def test_a_users_head_trains_and_is_refused_on_save(tiny_images, tmp_path):
 
 def test_head_by_name_is_a_four_digit_sum_head():
     assert small_classifier(head="digit-sum").head == "digit-sum"
-    model = build_resnet("resnet18", None, 37, 1, head="digit-sum", classes=range(37))
+    head = resolve_head("digit-sum")
+    model = build_resnet("resnet18", None, 37, 1, head=head, classes=range(37))
     assert model.fc.n_digits == 4
 
 

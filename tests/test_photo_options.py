@@ -21,6 +21,7 @@ from conftest import small_classifier
 from resnetclf import load_model, save_model
 from resnetclf._fit_setup import check_before_data
 from resnetclf._mixing import mixed_cross_entropy
+from resnetclf._resize import resolve_input_size
 from resnetclf._tasks import MultiLabelClassification, SingleLabelClassification
 
 
@@ -125,7 +126,7 @@ def test_auto_reads_the_weights_resolution_before_anything_is_fetched():
         small_classifier(weights="DEFAULT", input_size="auto"), image_channels=3
     )
     assert plan.input_size == 224
-    assert plan.input_shape(40, 168) == (224, 941)
+    assert resolve_input_size(plan.input_size, (40, 168)) == (224, 941)
 
 
 # ------------------------------------------------------- refused settings

@@ -401,7 +401,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "ResNetFineTuneBase._check_network",
-                "check_kept_network(self.module_, channels, self.head, data.classes)",
+                "check_kept_network(self.module_, data.model_channels, plan.head,"
+                " data.classes)",
                 "pass",
             ),
         ),
