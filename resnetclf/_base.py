@@ -42,7 +42,6 @@ from resnetclf._acceleration.devices import (
     resolve_device,
 )
 from resnetclf._acceleration.frozen_features import FeatureBatches, features_suffice
-from resnetclf._augment import resolve_augmentation
 from resnetclf._backbone import (
     build_resnet,
     check_kept_network,
@@ -558,13 +557,7 @@ class ResNetFineTuneBase(
         """The logits of ``tta`` test-time views of images ``X``:
         ``(n_views, n_samples, n_outputs)``."""
         check_is_fitted(self)
-        if hasattr(self, "_tta_flips"):
-            views = ViewSettings(self._tta_flips, self._tta_degrees)
-        else:  # a model saved before test-time views: its parameters say
-            augmentation = resolve_augmentation(
-                self.augmentation, self.rotation_degrees
-            )
-            views = ViewSettings.after(augmentation)
+        views = ViewSettings(self._tta_flips, self._tta_degrees)
         return self._outputs(X, lambda model: model, views.views_of(self.tta))
 
     def _outputs(self, X, forward_of, views=None) -> torch.Tensor:
@@ -574,8 +567,6 @@ class ResNetFineTuneBase(
         check_is_fitted(self)
         X, _, layout = self._validate_images(X, expected=self.image_shape_)
         mean, std = self._normalization_stats
-        # A model fitted before input_size took its images as they were.
-        height, width = getattr(self, "input_size_", self.image_shape_[:2])
         images = ImageBatches(
             X,
             layout,
@@ -583,7 +574,7 @@ class ResNetFineTuneBase(
             mean,
             std,
             self._model_channels,
-            size=(height, width),
+            size=self.input_size_,
         )
         return run_batched(
             forward_of, self.module_, images, self.batch_size, self.precision, views

@@ -11,6 +11,7 @@ import torch
 from sklearn.base import ClassifierMixin
 from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from resnetclf._backbone import read_digits, reads_digits
@@ -424,10 +425,9 @@ class ResNetFineTuneClassifier(ClassifierMixin, ResNetFineTuneBase):
     # ---------------------------------------------------------- the task
     def _make_task(self, y=None) -> Task:
         """One label per image, or a label-indicator ``y`` (multi-label)."""
-        multi_label = (
-            y.ndim == 2 if y is not None else getattr(self, "_multi_label", False)
-        )
-        if multi_label:
+        if y is None:
+            check_is_fitted(self)  # the fitted model's task
+        if self._multi_label if y is None else y.ndim == 2:
             return MultiLabelClassification(self.label_smoothing)
         return SingleLabelClassification(self.label_smoothing)
 
@@ -484,7 +484,7 @@ class ResNetFineTuneClassifier(ClassifierMixin, ResNetFineTuneBase):
         if self.tta is None:
             return self._make_task().predict(self._logits(X), self.classes_)
         proba = self.predict_proba(X)
-        if getattr(self, "_multi_label", False):
+        if self._multi_label:
             return (proba > 0.5).astype(np.int64)
         return self.classes_[proba.argmax(axis=1)]
 

@@ -106,15 +106,8 @@ _OUTPUTS = {
     },
 }
 _ESTIMATORS = {cls.__name__: cls for cls in _OUTPUTS}
-# Absent from fits without feature names, resizing or test-time views; an
-# absent _multi_label reads False, as the estimator itself reads it.
-_OPTIONAL = {
-    "feature_names_in_",
-    "_multi_label",
-    "input_size_",
-    "_tta_flips",
-    "_tta_degrees",
-}
+# Absent from fits on arrays without column names.
+_OPTIONAL = {"feature_names_in_"}
 
 
 def _fitted_checks(cls: type) -> dict:

@@ -169,16 +169,11 @@ def _output_module(estimator) -> nn.Module:
     ``predict_proba`` (a classifier) or ``predict`` (a regressor) does."""
     if _is_regressor(estimator):
         return TargetValues(estimator._target_mean, estimator._target_scale)
-    return ClassProbabilities(multi_label=_multi_label(estimator))
+    return ClassProbabilities(multi_label=estimator._multi_label)
 
 
 def _output_name(estimator) -> str:
     return VALUES_NAME if _is_regressor(estimator) else PROBABILITIES_NAME
-
-
-def _multi_label(estimator: ResNetFineTuneClassifier) -> bool:
-    """Whether the classifier was fitted on a label-indicator ``y``."""
-    return bool(getattr(estimator, "_multi_label", False))
 
 
 def _check_onnx_tools() -> None:
@@ -265,7 +260,7 @@ def _describe(model, estimator, layout: str, dtype: str) -> None:
         outputs = {
             "classes": json.dumps(estimator.classes_.tolist(), default=str),
             # softmax: one class per image; sigmoid: each label on its own.
-            "output": "sigmoid" if _multi_label(estimator) else "softmax",
+            "output": "sigmoid" if estimator._multi_label else "softmax",
         }
         doc = (
             f"ResNetFineTuneClassifier: images {layout} {dtype} -> probabilities "

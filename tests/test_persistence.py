@@ -399,6 +399,14 @@ def test_tampered_settings_are_refused(copy_of_saved, edit, match):
         load_model(copy_of_saved)
 
 
+@pytest.mark.parametrize("name", ["input_size_", "_tta_flips", "_multi_label"])
+def test_every_attribute_a_fit_sets_is_required(copy_of_saved, name):
+    # Every fit records these; a file without one was not written by save_model.
+    _edit_settings(copy_of_saved, lambda d: d["fitted"].pop(name))
+    with pytest.raises(ValueError, match=rf"missing \['{name}'\]"):
+        load_model(copy_of_saved)
+
+
 @pytest.mark.parametrize("text", ["not json {", "", "[1, 2]", '{"format": NaN}'])
 def test_garbage_settings_are_refused(copy_of_saved, text):
     rewrite_model(copy_of_saved, text)
