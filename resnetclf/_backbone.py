@@ -7,7 +7,7 @@ import functools
 import os
 import pickle
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -290,7 +290,7 @@ def check_new_network(
     in_channels: int,
     *,
     lora_rank: int | None = None,
-    trainable: list[str] | None = None,
+    trainable: Sequence[str] = (),
     image_size: tuple[int, int] | None = None,
 ) -> None:
     """Check what only the network can tell, on a weightless copy of it (on
@@ -315,7 +315,7 @@ def check_new_network(
                     "one per class"
                 )
     if lora_rank is not None:
-        check_lora_rank(probe, lora_rank, trainable or [])
+        check_lora_rank(probe, lora_rank, trainable)
 
 
 def check_kept_network(module: nn.Module, in_channels: int, head, classes) -> None:
