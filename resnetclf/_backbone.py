@@ -331,9 +331,9 @@ def check_kept_network(module: nn.Module, in_channels: int, head, classes) -> No
         )
     if not head_fits(module, head, classes):
         raise ValueError(
-            f"warm_start=True continues the fitted network, whose head differs "
-            f"from head={head!r}: keep the first fit's head, or set "
-            "warm_start=False"
+            "warm_start=True continues the fitted network, whose head differs "
+            "from the one the head parameter asks for: keep the first fit's "
+            "head, or set warm_start=False"
         )
 
 
